@@ -10,6 +10,20 @@ $(STAMP): requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
+# One sample case through predict.sh exactly as the container runs it (minus Docker).
+PREDICT_DIR := reports/predict
+PREDICT_CASE := MR_ICBM152_tissue.npz
+predict: setup
+	rm -rf $(PREDICT_DIR) && mkdir -p $(PREDICT_DIR)/in $(PREDICT_DIR)/out
+	cp tests/data/inputs/$(PREDICT_CASE) $(PREDICT_DIR)/in/
+	@t0=$$(date +%s.%N); \
+	INPUT_DIR=$(CURDIR)/$(PREDICT_DIR)/in OUTPUT_DIR=$(CURDIR)/$(PREDICT_DIR)/out \
+		PATH="$(CURDIR)/.venv/bin:$$PATH" sh predict.sh; \
+	t1=$$(date +%s.%N); \
+	echo "output: $(PREDICT_DIR)/out/$(PREDICT_CASE)"; \
+	$(PY) -m harness.summary $(PREDICT_DIR)/out/$(PREDICT_CASE) --input $(PREDICT_DIR)/in/$(PREDICT_CASE) \
+		--seconds $$(awk "BEGIN { print $$t1 - $$t0 }")
+
 test: setup
 	$(PY) -m pytest -q tests
 
