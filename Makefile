@@ -29,3 +29,10 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check app training harness tests
+
+# The official loop replayed on the labelled cases (tests/data/labelled + ../shared/samples/labelled):
+# engine vs baselines, box and no-box; report in reports/eval/. Narrow it with
+# EVAL_ARGS="--cases MR_PyRadiomics_brain2 --predictor engine,classical".
+EVAL_ARGS ?=
+eval: setup
+	$(PY) -m harness.eval --both-modes $(EVAL_ARGS)

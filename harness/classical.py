@@ -1,0 +1,167 @@
+"""A careful classical predictor: the floor a learned engine has to clear by a margin.
+
+Box stage: a shape prior (an ellipse inscribed in the 2D box, tapered to zero beyond
+z_min..z_max, which the organisers' box gives exactly) plus an intensity model (histograms
+of the box core vs the voxels around the box, log likelihood ratio, smoothed), refitted
+twice on its own segmentation; classes compete by score.
+
+Click stage: the official click sits at the deepest voxel of the largest error, so its
+distance to the current mask (fg) or to the mask boundary (bg) bounds the error's radius.
+Each new click adds (removes) the voxels that are intensity-similar to the click, connected
+to it and within about twice that radius; for an empty mask (no-box start) the radius comes
+from growing shells around the click until fewer than half of them stay similar. Classes
+without a new click keep prev_pred. All distances are in voxels, as the official click rule.
+"""
+
+from __future__ import annotations
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+BINS = 32
+CORE = 0.5  # normalised ellipse radius of the foreground sample
+PRIOR_SLOPE = 3.0  # shape log-odds per unit of normalised radius
+REFITS = 2
+MAX_RADIUS = 25  # voxels, cap of any click correction
+MIN_TOLERANCE = 8.0  # grey levels
+GROW_FRACTION = 0.5
+
+
+def run(case, state=None, deadline=None) -> np.ndarray:
+    """Box stage when there is no previous output, else one correction per newest click."""
+    if case.prev_pred is None:
+        return box_stage(case.image, case.prompts, case.spacing)
+    segs = case.prev_pred.copy()
+    for label, prompts in enumerate(case.prompts, 1):
+        if prompts.has_new_click:
+            point, is_fg = prompts.newest_click
+            correct(segs, case.image, label, point, is_fg)
+    return segs
+
+
+# --- box stage ---------------------------------------------------------------------------------------
+
+
+def box_stage(image: np.ndarray, prompts, spacing) -> np.ndarray:
+    """Each voxel goes to the class with the highest positive score."""
+    segs = np.zeros(image.shape, np.uint8)
+    best = np.zeros(image.shape, np.float32)
+    for label, p in enumerate(prompts, 1):
+        if p.box is None:
+            continue
+        window, score = box_score(image, p.box, spacing)
+        wins = score > best[window]
+        segs[window][wins] = label
+        best[window][wins] = score[wins]
+    return segs
+
+
+def box_geometry(shape, box) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """The RoI around a box, the normalised radius of the tapered ellipse, and the exact z range."""
+    my, mx = max(3, (box.y_max - box.y_min + 1) // 3), max(3, (box.x_max - box.x_min + 1) // 3)
+    lo = (max(box.z_min - 2, 0), max(box.y_min - my, 0), max(box.x_min - mx, 0))
+    hi = (min(box.z_max + 3, shape[0]), min(box.y_max + my + 1, shape[1]), min(box.x_max + mx + 1, shape[2]))
+    z, y, x = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    dz = z - box.z_mid
+    half_z = np.where(dz < 0, box.z_mid - box.z_min + 1, box.z_max - box.z_mid + 1)
+    taper = np.sqrt(np.clip(1.0 - (dz / half_z) ** 2, 0.0, 1.0))
+    ry, rx = (box.y_max - box.y_min) / 2 + 0.5, (box.x_max - box.x_min) / 2 + 0.5
+    planar = np.sqrt(((y - (box.y_min + box.y_max) / 2) / ry) ** 2 + ((x - (box.x_min + box.x_max) / 2) / rx) ** 2)
+    radius = planar / np.maximum(taper, 1e-3)
+    in_z = np.broadcast_to((z >= box.z_min) & (z <= box.z_max), radius.shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), radius, in_z
+
+
+def histogram(levels: np.ndarray) -> np.ndarray:
+    """Smoothed, normalised grey-level histogram; a pseudo-count keeps log ratios finite."""
+    counts = np.bincount(levels.ravel(), minlength=BINS).astype(float)
+    counts = ndimage.gaussian_filter1d(counts, 1.0) + 0.5
+    return counts / counts.sum()
+
+
+def box_score(image: np.ndarray, box, spacing) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Shape log-odds plus intensity log-likelihood ratio in the box RoI; <= 0 off the object."""
+    window, radius, in_z = box_geometry(image.shape, box)
+    levels = image[window].astype(np.int64) * BINS // 256
+    prior = np.where(in_z, PRIOR_SLOPE * (1.0 - radius), -np.inf)
+    z_mid = box.z_mid - window[0].start
+    in_box = np.zeros(radius.shape[1:], bool)
+    in_box[box.y_min - window[1].start:box.y_max - window[1].start + 1,
+           box.x_min - window[2].start:box.x_max - window[2].start + 1] = True
+    prior[z_mid][~in_box] = -np.inf  # the 2D box bounds the object on its own slice
+    spacing = np.asarray(spacing, dtype=float)
+    sigma = spacing.min() / spacing  # one voxel on the finest axis, in mm-consistent units
+    fg = in_z & (radius < CORE)
+    bg = ~in_z | ~in_box[None]
+    mask = fg
+    for _ in range(REFITS + 1):
+        pf, pb = histogram(levels[fg]), histogram(levels[bg])
+        weight = 0.5 * np.abs(pf - pb).sum()  # total variation: how much intensity can be trusted
+        llr = ndimage.gaussian_filter(np.log(pf / pb)[levels], sigma)
+        score = prior + weight * llr
+        mask = keep_core(score > 0, in_z & (radius < CORE))
+        if not mask.any():
+            mask = in_z & (radius < 1.0)
+        fg, bg = mask, ~mask
+    return window, np.where(mask, np.maximum(score, 1e-3), -np.inf).astype(np.float32)
+
+
+def keep_core(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Components touching the core (else the largest), holes filled slice by slice."""
+    components = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+    ids = np.unique(components[core & mask])
+    if ids.size:
+        mask = np.isin(components, ids[ids > 0])
+    elif mask.any():
+        mask = components == np.argmax(np.bincount(components.ravel())[1:]) + 1
+    return np.stack([ndimage.binary_fill_holes(s) for s in mask])
+
+
+# --- click stage -------------------------------------------------------------------------------------
+
+
+def correct(segs: np.ndarray, image: np.ndarray, label: int, point, is_fg: bool) -> None:
+    """Add (fg) or remove (bg) the click's error region, in place."""
+    lo = [max(p - MAX_RADIUS - 1, 0) for p in point]
+    hi = [min(p + MAX_RADIUS + 2, s) for p, s in zip(point, image.shape)]
+    window = tuple(slice(a, b) for a, b in zip(lo, hi))
+    local = tuple(p - a for p, a in zip(point, lo))
+    region = segs[window]
+    mask = region == label
+    grids = np.ogrid[window]
+    dist = np.sqrt(sum((g - p) ** 2 for g, p in zip(grids, point)))
+    # fg: the error lies outside the mask, bg: inside; its depth is at most the distance across.
+    across = dist[mask] if is_fg else dist[~mask]
+    depth = float(across.min()) if across.size else np.inf
+    similar = similar_component(image[window].astype(np.float32), local, mask if is_fg else None)
+    reach = min(2.0 * max(depth, 1.0), grow_radius(similar, dist) + 1.0)
+    change = similar & (dist <= reach)
+    if is_fg:
+        region[change] = label  # the click itself is always in `change`
+    else:
+        region[(change | (dist <= depth)) & mask] = 0
+
+
+def similar_component(img: np.ndarray, local: tuple, reference: np.ndarray | None) -> np.ndarray:
+    """Voxels like the click's neighbourhood (tolerance from the class's spread when known),
+    26-connected to the click."""
+    smooth = ndimage.gaussian_filter(img, 0.7)
+    near = tuple(slice(max(p - 1, 0), p + 2) for p in local)
+    spread = img[reference] if reference is not None and reference.sum() >= 30 else \
+        img[tuple(slice(max(p - 2, 0), p + 3) for p in local)]
+    tolerance = max(2.0 * float(spread.std()), MIN_TOLERANCE)
+    similar = np.abs(smooth - float(np.median(img[near]))) <= tolerance
+    similar[local] = True
+    components = cc3d.connected_components(similar.astype(np.uint8), connectivity=26)
+    return components == components[local]
+
+
+def grow_radius(component: np.ndarray, dist: np.ndarray) -> float:
+    """The first shell radius around the click where less than half of the shell is in the component."""
+    shells = np.floor(dist).astype(np.int64)
+    total = np.bincount(shells.ravel())
+    inside = np.bincount(shells[component], minlength=total.size)
+    frac = inside[1:] / np.maximum(total[1:], 1)
+    low = np.flatnonzero(frac < GROW_FRACTION)
+    return float(low[0] + 1) if low.size else float(MAX_RADIUS)

@@ -1,0 +1,178 @@
+"""The official interaction loop replayed on labelled cases, one fresh predictor process per run.
+
+Box mode: iteration 0 gets imgs, spacing and the organisers' boxes; clicks 1..5 follow, each
+input holding the cumulative clicks, clicks_order and the predictor's previous output. No-box
+mode skips iteration 0 and starts from an all-zero prev_pred with one click per class, as the
+organisers do for microscopy. A missing or malformed output counts as all background and is
+flagged, so one broken run is visible in the report instead of aborting the evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness import metrics
+from harness.official import add_clicks, boxes_from_labels
+
+REPO = Path(__file__).resolve().parents[1]
+CLICK_ITERATIONS = 5
+NO_BOX_PREFIXES = ("Microscopy_",)
+
+# (input_dir, output_dir) -> None; the loop times the call.
+Predictor = Callable[[Path, Path], None]
+
+
+@dataclass
+class LabelledCase:
+    name: str
+    imgs: np.ndarray
+    gts: np.ndarray
+    spacing: np.ndarray  # stored (x, y, z) order, as in the challenge files
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.gts.max())
+
+
+def load_labelled(path: Path) -> LabelledCase:
+    """A training-style npz (imgs, gts, spacing); labels must be 1..K as the organisers assume."""
+    with np.load(path, allow_pickle=True) as data:
+        case = LabelledCase(Path(path).stem, data["imgs"], data["gts"].astype(np.uint8), data["spacing"])
+    labels = np.unique(case.gts)
+    if not np.array_equal(labels[labels > 0], np.arange(1, case.num_classes + 1)):
+        raise ValueError(f"{path}: labels {labels.tolist()} are not contiguous 1..K")
+    return case
+
+
+def default_box_mode(name: str) -> bool:
+    return not name.startswith(NO_BOX_PREFIXES)
+
+
+class ProcessPredictor:
+    """Runs `sh predict.sh` (or the image, with podman) in a fresh process per iteration."""
+
+    def __init__(self, engine: str | None = None, container: str | None = None, timeout: float = 3600.0):
+        if container and engine:
+            raise ValueError("the image ships app/ only: --container runs the engine, not harness baselines")
+        self.engine, self.container, self.timeout = engine, container, timeout
+
+    def command(self, input_dir: Path, output_dir: Path) -> tuple[list[str], dict]:
+        env = {k: v for k, v in os.environ.items() if k != "SEGFM_ENGINE"}
+        if self.container:
+            return ["podman", "--runtime", "runc", "run", "--rm", "--network", "none", "-m", "32g",
+                    "-v", f"{input_dir}:/workspace/inputs", "-v", f"{output_dir}:/workspace/outputs",
+                    self.container, "/bin/bash", "-c", "sh predict.sh"], env
+        # predict.sh runs `python`: make that the harness's own interpreter (the venv).
+        path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.update(INPUT_DIR=str(input_dir), OUTPUT_DIR=str(output_dir), PATH=path)
+        if self.engine:
+            env["SEGFM_ENGINE"] = self.engine
+        return ["sh", "predict.sh"], env
+
+    def __call__(self, input_dir: Path, output_dir: Path) -> None:
+        cmd, env = self.command(input_dir, output_dir)
+        try:
+            done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True,
+                                  timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"timed out after {self.timeout:.0f} s") from None
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"exit {done.returncode}: {' | '.join(tail)}")
+
+
+def read_output(path: Path, shape: tuple) -> tuple[np.ndarray, str | None]:
+    """The prediction, or all background plus the reason when it is missing or malformed."""
+    empty = np.zeros(shape, np.uint8)
+    if not path.exists():
+        return empty, "missing output"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "segs" not in data.files:
+                return empty, f"no 'segs' key ({data.files})"
+            segs = data["segs"]
+    except Exception as exc:  # noqa: BLE001 (a corrupt file is the predictor's failure, not the harness's)
+        return empty, f"unreadable output: {exc}"
+    if segs.shape != tuple(shape):
+        return empty, f"shape {segs.shape} != {tuple(shape)}"
+    if segs.dtype != np.uint8:
+        return empty, f"dtype {segs.dtype} != uint8"
+    return segs, None
+
+
+def iteration_input(case: LabelledCase, boxes, clicks, clicks_order, prev_pred) -> dict:
+    """The npz members the organisers write for one iteration (clicks None at iteration 0)."""
+    arrays = {"imgs": case.imgs, "spacing": case.spacing}
+    if boxes is not None:
+        arrays["boxes"] = boxes
+    if clicks is not None:
+        packed = np.empty(len(clicks), dtype=object)
+        packed[:] = [{"fg": list(c["fg"]), "bg": list(c["bg"])} for c in clicks]
+        has_none = any(kind is None for row in clicks_order for kind in row)
+        arrays["clicks"] = packed
+        arrays["clicks_order"] = np.array(clicks_order, dtype=object if has_none else None)
+        arrays["prev_pred"] = prev_pred
+    return arrays
+
+
+def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: str = "",
+             log=sys.stderr) -> tuple[dict, dict[int, np.ndarray]]:
+    """Replay the loop; returns the case record and the prediction of every iteration."""
+    boxes = boxes_from_labels(case.gts) if box_mode else None
+    clicks = [{"fg": [], "bg": []} for _ in range(case.num_classes)]
+    clicks_order: list[list] = [[] for _ in range(case.num_classes)]
+    records, preds = [], {}
+    segs = np.zeros(case.gts.shape, np.uint8)
+    with tempfile.TemporaryDirectory(prefix="segfm-eval-") as tmp:
+        for it in range(0 if box_mode else 1, CLICK_ITERATIONS + 1):
+            if it > 0:
+                add_clicks(segs, case.gts, clicks, clicks_order)
+            in_dir, out_dir = Path(tmp, str(it), "inputs"), Path(tmp, str(it), "outputs")
+            in_dir.mkdir(parents=True)
+            out_dir.mkdir()
+            arrays = iteration_input(case, boxes, clicks if it else None, clicks_order, segs)
+            np.savez_compressed(in_dir / f"{case.name}.npz", **arrays)
+            start = time.perf_counter()
+            try:
+                predictor(in_dir, out_dir)
+                error = None
+            except Exception as exc:  # noqa: BLE001 (recorded, like a crashed container)
+                error = str(exc)
+            seconds = time.perf_counter() - start
+            segs, flag = read_output(out_dir / f"{case.name}.npz", case.gts.shape)
+            flag = "; ".join(f for f in (error, flag) if f) or None
+            rec = {"iteration": it, "seconds": seconds, "flag": flag,
+                   **metrics.score(segs, case.gts, case.spacing)}
+            records.append(rec)
+            preds[it] = segs
+            print(f"{label or case.name} it{it} {seconds:6.1f}s DSC {rec['dsc']:.3f}"
+                  + (f"  [{flag}]" if flag else ""), file=log, flush=True)
+    record = {"case": case.name, "mode": "box" if box_mode else "no-box", "num_classes": case.num_classes,
+              "shape": list(case.gts.shape), "spacing": [float(v) for v in case.spacing],
+              "boxes": None if boxes is None else [{k: int(v) for k, v in b.items()} for b in boxes],
+              "clicks": clicks, "clicks_order": clicks_order, "iterations": records,
+              **metrics.summarise(records, case.num_classes)}
+    return record, preds
+
+
+class InProcessPredictor:
+    """The engine function called directly (tests, quick tuning): same files, no process start."""
+
+    def __init__(self, engine: Callable):
+        self.engine = engine
+
+    def __call__(self, input_dir: Path, output_dir: Path) -> None:
+        from app.io import load_case, write_segs
+
+        (path,) = input_dir.glob("*.npz")
+        case = load_case(path)
+        write_segs(output_dir / path.name, self.engine(case, None, float("inf")))
