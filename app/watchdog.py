@@ -12,12 +12,16 @@ no second interpreter or case load is paid in each of the up to 6 runs per case.
 the engine hangs in native code as long as that code releases the GIL: torch ops, numpy ufuncs
 and BLAS, zlib, sleeps and I/O do, and pure Python loops are preempted every few ms. A native
 call that holds the GIL (some scipy.ndimage routines on a full volume) delays the watchdog
-until it returns: the engine should run such calls on crops. os._exit skips atexit handlers
-and CUDA teardown on purpose: the file is written, nothing else is worth waiting for.
+until it returns: the engine should run such calls on crops. If nothing has claimed the output
+HARD_GRACE_S after the deadline (the GIL never came back), faulthandler's native timer thread,
+which needs no GIL, dumps every thread's stack to stderr and ends the process with status 1:
+no new file then, but the run ends instead of hanging the organisers' loop. os._exit skips
+atexit handlers and CUDA teardown on purpose: the file is written, nothing else is worth waiting for.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -34,6 +38,7 @@ from app.io import Case, warn
 RUN_BUDGET_S = 90.0 / 6  # the challenge allows 90 s x K per case over up to 6 runs
 MIN_MARGIN_S = 3.0
 MARGIN_FRACTION = 0.1
+HARD_GRACE_S = 5.0  # after the deadline, before the native last resort ends a GIL-bound hang
 
 
 @dataclass
@@ -100,12 +105,15 @@ class Watchdog:
         self._disarmed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
         self._thread.start()
+        faulthandler.dump_traceback_later(  # the real fd 2: sys.stderr may be a Python-level wrapper
+            max(deadline - time.monotonic(), 0.0) + HARD_GRACE_S, exit=True, file=sys.__stderr__)
 
     def claim(self) -> bool:
         """Take the output for the main thread and disarm. False when the watchdog got it
         first: it is writing and ends the process, so call `join()` next."""
         if not self._claim.acquire(blocking=False):
             return False
+        faulthandler.cancel_dump_traceback_later()
         self._disarmed.set()
         return True
 
@@ -117,6 +125,7 @@ class Watchdog:
             return
         if not self._claim.acquire(blocking=False):
             return  # the main thread is writing the engine's result
+        faulthandler.cancel_dump_traceback_later()  # writing the fallback may take its time
         code = 0
         try:
             self._fire()

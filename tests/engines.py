@@ -44,3 +44,10 @@ def wrong_shape(case, state, deadline):
 
 def all_ones(case, state, deadline):
     return np.ones(case.image.shape, np.int64)
+
+
+def gil_hang(case, state, deadline):
+    """Holds the GIL in C (catastrophic regex backtracking): the watchdog thread cannot run."""
+    import re
+
+    re.match(r"(a+)+$", "a" * 40 + "b")

@@ -174,6 +174,19 @@ def test_watchdog_beats_a_hanging_engine(tmp_path, engine):
     _assert_partial_plus_fallback(segs(out_dir / "a.npz"))
 
 
+def test_native_last_resort_ends_a_gil_bound_hang(tmp_path):
+    """No file can be written without the GIL, but the run must still end (status 1, stacks on stderr)."""
+    from app.watchdog import HARD_GRACE_S
+
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    write(in_dir / "a.npz", boxes=BOXES)
+    result, seconds = _run_app(in_dir, out_dir, "tests.engines:gil_hang", deadline_s=0.5)
+    assert result.returncode == 1 and "Timeout" in result.stderr and "gil_hang" in result.stderr
+    assert seconds < 0.5 + HARD_GRACE_S + 3
+    assert not (out_dir / "a.npz").exists()
+
+
 def test_predict_sh(tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
