@@ -1,4 +1,4 @@
-"""Per-run deadline and the last-resort writer: no run ends without a valid output file.
+"""Per-run deadline and the last-resort writer: a slow, hung or broken engine still leaves a file.
 
 Design: a daemon thread in the engine's own process sleeps until the deadline. If the main
 thread has not claimed the output by then, the watchdog claims it, builds the best result
