@@ -1,0 +1,58 @@
+"""Interaction simulation for training: boxes, clicks and previous masks like the challenge's.
+
+Boxes follow the organisers' rule (harness.official) with extra jitter now and then; clicks
+mix the official EDT-maximum click with the papers' samplers (Gaussian centre/edge
+sampling of paper 001, boundary-attenuated sampling of paper 003); previous masks come
+from the model itself (no grad, hard-binarised, paper 000) or from a perturbed truth.
+"""
+
+from __future__ import annotations
+
+import edt
+import numpy as np
+
+from harness.official import MAX_BOX_SHIFT, box_from_mask, error_click, largest_component
+from training.synth import smooth_noise
+
+
+def jittered_box(rng: np.random.Generator, mask: np.ndarray):
+    """(lo, hi) of an organiser-style box, sometimes widened further (annotators are not exact)."""
+    shift = int(rng.integers(0, MAX_BOX_SHIFT + 1))
+    if rng.random() < 0.2:
+        shift += int(rng.integers(1, 12))
+    box = box_from_mask(mask, shift)
+    lo = np.array([box["z_min"], box["z_mid_y_min"], box["z_mid_x_min"]], int)
+    hi = np.array([box["z_max"], box["z_mid_y_max"], box["z_mid_x_max"]], int)
+    return lo, hi
+
+
+def sampled_click(rng: np.random.Generator, pred: np.ndarray, truth: np.ndarray, spacing):
+    """A click on the error: the official one most of the time, else a depth-weighted random voxel.
+
+    The alternative picks a random error component (weighted by size) and a voxel with
+    probability rising with its depth: Gaussian around the centre or flat towards the edge.
+    """
+    if rng.random() < 0.7:
+        return error_click(pred, truth)
+    error = pred != truth
+    if not error.any():
+        return None
+    component = largest_component(error) if rng.random() < 0.5 else error
+    depth = edt.edt(np.pad(component, 1).astype(np.uint8), anisotropy=tuple(float(s) for s in spacing))[1:-1, 1:-1, 1:-1]
+    coords = np.argwhere(component)
+    d = depth[tuple(coords.T)]
+    sigma = max(d.max() * rng.uniform(0.2, 1.0), 1e-3)
+    weights = np.exp(-((d.max() - d) ** 2) / (2 * sigma**2))
+    zyx = tuple(int(v) for v in coords[rng.choice(len(coords), p=weights / weights.sum())])
+    return zyx, bool(truth[zyx])
+
+
+def perturbed_mask(rng: np.random.Generator, truth: np.ndarray, spacing) -> np.ndarray:
+    """A plausible wrong previous mask: the truth's boundary moved by smooth noise, shifted, partly lost."""
+    sd = edt.sdf(truth.astype(np.uint8), anisotropy=tuple(float(s) for s in spacing))
+    scale = max(np.abs(sd[truth]).max() if truth.any() else 1.0, 1.0)
+    amplitude = scale * rng.uniform(0.1, 0.8)
+    mask = sd + amplitude * smooth_noise(rng, truth.shape, int(rng.integers(2, 8))) + rng.normal(0, 0.2) * scale > 0
+    if rng.random() < 0.3:
+        mask = np.roll(mask, tuple(int(v) for v in rng.integers(-3, 4, 3)), axis=(0, 1, 2))
+    return mask

@@ -1,0 +1,206 @@
+"""Procedural challenge-like 3D cases: the bulk of the training data.
+
+One call of `generate(rng)` draws a scene (organs, lesions, vessel trees or cells) on an
+anisotropic grid and renders it with one of five modality looks (CT, MR, PET, US,
+microscopy): bias field, gamma, blur, per-look noise, 0..255 uint8 like the challenge.
+Everything is seeded by the caller's numpy Generator, so a seed fixes a case.
+Shapes are kept below ~1.2M voxels so that generation stays a small part of a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import edt
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+GENERATOR_VERSION = 1
+LOOKS = ("ct", "mr", "pet", "us", "microscopy")
+
+
+@dataclass
+class SynthCase:
+    image: np.ndarray    # uint8 (D, H, W)
+    labels: np.ndarray   # uint8 (D, H, W), 0 background, 1..K contiguous
+    spacing: np.ndarray  # (z, y, x) mm
+    look: str
+    no_box: bool         # vessel/cell scenes are the challenge's box-less cases
+
+
+def smooth_noise(rng: np.random.Generator, shape, cells: int) -> np.ndarray:
+    """Low-frequency noise in about [-1, 1]: a coarse random grid upsampled trilinearly."""
+    coarse = torch.from_numpy(rng.standard_normal((1, 1, cells, cells, cells)).astype(np.float32))
+    return F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def grid_mm(shape, spacing):
+    return [np.arange(n, dtype=np.float32)[s] * sp for n, s, sp in zip(shape, _AXES, spacing)]
+
+
+_AXES = ((slice(None), None, None), (None, slice(None), None), (None, None, slice(None)))
+
+
+def blob(rng, shape, spacing, centre_mm, radii_mm, wobble: float) -> np.ndarray:
+    """A smoothly deformed, randomly rotated ellipsoid (boolean mask)."""
+    coords = grid_mm(shape, spacing)
+    rot, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    d = [c - m for c, m in zip(coords, centre_mm)]
+    q = 0.0
+    for axis in range(3):
+        u = d[0] * rot[axis, 0] + d[1] * rot[axis, 1] + d[2] * rot[axis, 2]
+        q = q + (u / radii_mm[axis]) ** 2
+    return (q + wobble * smooth_noise(rng, shape, int(rng.integers(3, 7)))) < 1.0
+
+
+def random_grid(rng: np.random.Generator, thick_slices: bool):
+    in_plane = rng.uniform(0.6, 2.0)
+    ratio = rng.uniform(2.0, 6.0) if thick_slices else rng.uniform(1.0, 1.5)
+    hw = int(rng.integers(64, 129))
+    w = int(np.clip(hw * rng.uniform(0.75, 1.25), 48, 128))
+    d = int(np.clip(hw * rng.uniform(0.4, 1.0) / ratio * 2.0, 24, 96))
+    return (d, hw, w), np.array([in_plane * ratio, in_plane, in_plane])
+
+
+def organ_scene(rng, shape, spacing):
+    """A body with 1..12 organs, some split into touching parcels, and lesions inside organs."""
+    extent = np.asarray(shape) * spacing
+    body = blob(rng, shape, spacing, extent / 2, extent * rng.uniform(0.42, 0.6, 3), 0.15)
+    labels = np.zeros(shape, np.uint8)
+    n_organs = int(rng.integers(1, 9))
+    for _ in range(n_organs):
+        radii = extent.min() * rng.uniform(0.05, 0.3, 3)
+        radii[0] = max(radii[0], 1.5 * spacing[0])
+        centre = extent * rng.uniform(0.25, 0.75, 3)
+        mask = blob(rng, shape, spacing, centre, radii, rng.uniform(0.0, 0.6)) & body
+        if rng.random() < 0.35 and mask.sum() > 500:
+            _split_into_parcels(rng, labels, mask, int(rng.integers(2, 6)))
+        else:
+            labels[mask] = labels.max() + 1
+    for _ in range(int(rng.integers(0, 3))):
+        host = np.argwhere(labels > 0)
+        if len(host) == 0:
+            break
+        centre = host[rng.integers(len(host))] * spacing
+        radii = np.maximum(extent.min() * rng.uniform(0.015, 0.07, 3), spacing * 0.8)
+        labels[blob(rng, shape, spacing, centre, radii, 0.3)] = labels.max() + 1
+    return _relabel(labels), body
+
+
+def _split_into_parcels(rng, labels, mask, parts):
+    """Voronoi parcels of one blob: touching neighbours that often share one intensity."""
+    points = np.argwhere(mask)
+    seeds = points[rng.choice(len(points), parts, replace=False)].astype(np.float32)
+    d2 = ((points[:, None, :] - seeds[None]) ** 2).sum(-1)
+    base = labels.max() + 1
+    labels[tuple(points.T)] = base + np.argmin(d2, axis=1)
+
+
+def vessel_scene(rng, shape, spacing):
+    """1..3 branching tube trees (thin, long): the challenge's box-less tubular targets."""
+    labels = np.zeros(shape, np.uint8)
+    extent = np.asarray(shape) * spacing
+    for label in range(1, int(rng.integers(1, 4)) + 1):
+        centre = np.zeros(shape, bool)
+        radius = rng.uniform(1.0, 3.0) * spacing[1:].mean()
+        stack = [(extent * rng.uniform(0.2, 0.8, 3), _unit(rng.normal(size=3)), 0)]
+        while stack:
+            pos, direction, depth = stack.pop()
+            for _ in range(int(rng.integers(15, 50))):
+                direction = _unit(direction + rng.normal(0, 0.25, 3))
+                pos = pos + direction * spacing.min() * 0.8
+                idx = np.round(pos / spacing).astype(int)
+                if np.any(idx < 0) or np.any(idx >= shape):
+                    break
+                centre[tuple(idx)] = True
+                if depth < 3 and rng.random() < 0.04:
+                    stack.append((pos.copy(), _unit(direction + rng.normal(0, 0.8, 3)), depth + 1))
+        if centre.any():
+            dist = edt.edt(~centre, anisotropy=tuple(float(s) for s in spacing), parallel=1)
+            labels[(dist <= radius) & (labels == 0)] = label
+    return _relabel(labels), np.ones(shape, bool)
+
+
+def cell_scene(rng, shape, spacing):
+    """Sparse cells or nuclei (microscopy): many small instances, each its own class."""
+    labels = np.zeros(shape, np.uint8)
+    extent = np.asarray(shape) * spacing
+    for _ in range(int(rng.integers(3, 21))):
+        radii = np.maximum(extent.min() * rng.uniform(0.04, 0.12) * rng.uniform(0.7, 1.3, 3), spacing * 1.5)
+        mask = blob(rng, shape, spacing, extent * rng.uniform(0.1, 0.9, 3), radii, 0.25) & (labels == 0)
+        labels[mask] = labels.max() + 1
+    return _relabel(labels), np.ones(shape, bool)
+
+
+def _unit(v):
+    v = np.asarray(v, float)
+    return v / (np.linalg.norm(v) + 1e-8)
+
+
+def _relabel(labels):
+    """Drops labels too small to click on and makes the rest contiguous 1..K."""
+    counts = np.bincount(labels.ravel(), minlength=256)
+    keep = [v for v in range(1, 256) if counts[v] >= 20]
+    lut = np.zeros(256, np.uint8)
+    lut[keep] = np.arange(1, len(keep) + 1)
+    return lut[labels]
+
+
+def render(rng, labels, body, spacing, look: str) -> np.ndarray:
+    """Intensities for a label map: per-class means (sometimes shared), texture, look-specific physics."""
+    shape = labels.shape
+    k = int(labels.max())
+    shared = rng.random() < 0.45
+    means = np.full(k + 1, rng.uniform(0.2, 0.8)) if shared else rng.uniform(0.1, 0.95, k + 1)
+    if shared:
+        means[1:] += rng.normal(0, 0.03, k)
+    means[0] = rng.uniform(0.05, 0.6)
+    if look == "microscopy":
+        means[0], means[1:] = rng.uniform(0.0, 0.15), rng.uniform(0.4, 1.0, k)
+    if look == "pet":
+        means[0], means[1:] = rng.uniform(0.02, 0.2), rng.uniform(0.5, 1.0, k)
+    img = means[labels].astype(np.float32)
+    img += 0.06 * smooth_noise(rng, shape, int(rng.integers(6, 16)))
+    if look == "ct":
+        img[~body] = 0.0
+        for _ in range(int(rng.integers(0, 4))):  # bone or contrast: bright, unlabelled
+            radii = np.asarray(shape) * spacing * rng.uniform(0.02, 0.1, 3)
+            img[blob(rng, shape, spacing, np.asarray(shape) * spacing * rng.uniform(0.2, 0.8, 3), radii, 0.3)] = 1.0
+    sigma = rng.uniform(0.3, 1.2, 3) / np.maximum(spacing / spacing.min(), 1)
+    if look == "pet":
+        sigma = sigma * rng.uniform(2.0, 4.0)
+    img = ndimage.gaussian_filter(img, sigma)
+    if look in ("mr", "us", "microscopy"):
+        img *= 1.0 + rng.uniform(0.1, 0.4) * smooth_noise(rng, shape, 3)
+    if look == "us":
+        speckle = rng.rayleigh(0.8, shape).astype(np.float32)
+        img = ndimage.gaussian_filter(img * speckle, (0.3, 0.8, 0.8))
+    noise = rng.uniform(0.01, 0.08)
+    if look == "mr":
+        img = np.hypot(img + rng.normal(0, noise, shape), rng.normal(0, noise, shape))
+    elif look in ("pet", "microscopy"):
+        img = rng.poisson(np.clip(img, 0, None) * 60.0) / 60.0
+    else:
+        img = img + rng.normal(0, noise, shape)
+    img = np.clip(img, 0.0, 1.0) ** rng.uniform(0.7, 1.4)
+    return (img * 255.0 + 0.5).astype(np.uint8)
+
+
+def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
+    """One labelled case; the scene follows the look as in the challenge (cells in microscopy, ...)."""
+    look = look or LOOKS[int(rng.integers(len(LOOKS)))]
+    roll = rng.random()
+    if look == "microscopy":
+        scene = cell_scene
+    elif roll < 0.2 and look in ("ct", "mr"):
+        scene = vessel_scene
+    else:
+        scene = organ_scene
+    shape, spacing = random_grid(rng, thick_slices=look in ("ct", "mr", "pet") and rng.random() < 0.5)
+    labels, body = scene(rng, shape, spacing)
+    if labels.max() == 0:
+        return generate(rng, look)
+    image = render(rng, labels, body, spacing, look)
+    return SynthCase(image, labels, spacing, look, no_box=scene in (vessel_scene, cell_scene))

@@ -1,0 +1,319 @@
+"""Train the global or the local expert: one compact script, CPU first, GPU and torchrun too.
+
+    python -m training.train --expert global --minutes 60            # resumes runs/global if present
+    python -m training.train --expert local --init weights/global_expert.pt --minutes 30
+    torchrun --nproc_per_node 2 -m training.train --expert global     # DDP: gloo on CPU, nccl on GPUs
+    python -m training.train --smoke                                 # CI: a few steps, tiny patches
+
+Data: procedural cases (training.synth) plus the training split of the real labelled cases
+(training.real). Global samples replay up to five prompt rounds with the model's own
+no-grad predictions and the engine's RoI rule, so the RoI grows between rounds as it does
+at inference; local samples are native-resolution windows at a click on a perturbed mask.
+Loss Dice + BCE, AdamW, warm-up + cosine, bf16 autocast, a checkpoint every few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+from app.models.unet3d import build_unet, config_dict
+from app.prompts import encode
+from app.roi import crop, from_patch, prompt_bounds, roi_around, to_patch, window_at
+from harness.official import error_click
+from training import real, synth
+from training.interaction import jittered_box, perturbed_mask, sampled_click
+
+
+# ----------------------------------------------------------------------------- defaults
+@dataclass
+class TrainConfig:
+    expert: str = "global"          # global: zoomed RoI of the object; local: native window at a click
+    patch: int = 48
+    batch: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    max_steps: int = 12000          # length of the cosine schedule
+    minutes: float = 60.0           # wall-clock budget of this invocation (resume continues)
+    max_rounds: int = 5             # prompt rounds replayed before the trained one
+    real_fraction: float = 0.1      # share of samples drawn from real labelled cases
+    device: str = "cpu"
+    threads: int = 2
+    seed: int = 0
+    out_dir: str = ""               # default runs/<expert>
+    init: str = ""                  # weights file to start from when no checkpoint exists (fine-tune)
+    export: str = ""                # default weights/<expert>_expert.pt
+    ckpt_minutes: float = 5.0
+    eval_minutes: float = 10.0
+    val_cases: int = 12
+    log_every: int = 10
+    smoke: bool = False
+# -----------------------------------------------------------------------------
+
+
+class CasePool:
+    """Procedural cases, each reused for a few samples (another class, other prompts).
+
+    Generation costs about as much as a training sample; reuse keeps it a small share
+    of the step while the pool still turns over every few steps.
+    """
+
+    def __init__(self, size: int = 16, reuse: float = 0.6):
+        self.size, self.reuse, self.cases = size, reuse, []
+
+    def draw(self, rng: np.random.Generator, cfg: TrainConfig, real_cases):
+        if real_cases and rng.random() < cfg.real_fraction:
+            return real_cases[int(rng.integers(len(real_cases)))]
+        if len(self.cases) == self.size and rng.random() < self.reuse:
+            return self.cases[int(rng.integers(self.size))]
+        case = synth.generate(rng)
+        self.cases = (self.cases + [case])[-self.size:]
+        return case
+
+
+def predict_mask(model, image_t, spacing, box, fg, bg, prev, patch, device) -> np.ndarray:
+    """The global expert's binary mask on the whole image for the current prompts (no grad)."""
+    bounds = prompt_bounds(box, fg, prev)
+    roi = roi_around(*bounds, (patch,) * 3)
+    x = encode(image_t, roi, spacing, box, fg, bg, None if prev is None else torch.from_numpy(prev))
+    with torch.no_grad(), autocast(device):
+        logits = from_patch(model(x[None].to(device)).float()[0].cpu(), roi)
+    out = torch.zeros(image_t.shape)
+    img_sl, crop_sl = roi.image_slices(tuple(image_t.shape))
+    out[img_sl] = logits[0][crop_sl]
+    return (out > 0).numpy()
+
+
+def global_sample(rng, case, model, cfg: TrainConfig):
+    """Prompts after 0..max_rounds simulated rounds, the RoI the engine would take, the target there."""
+    label = int(rng.choice(np.unique(case.labels)[1:]))
+    truth = case.labels == label
+    image_t = torch.from_numpy(case.image)
+    use_box = rng.random() < (0.2 if case.no_box else 0.9)
+    box = jittered_box(rng, truth) if use_box else None
+    fg, bg, prev = [], [], None
+    if box is None:
+        fg.append(error_click(np.zeros_like(truth), truth)[0])
+    rounds = int(rng.integers(0, cfg.max_rounds + 1)) if rng.random() < 0.7 else 0
+    for _ in range(rounds):
+        if prev is None and rng.random() < 0.3:
+            prev = perturbed_mask(rng, truth, case.spacing)
+        else:
+            prev = predict_mask(model, image_t, case.spacing, box, fg, bg, prev, cfg.patch, cfg.device)
+        click = sampled_click(rng, prev, truth, case.spacing)
+        if click is None:
+            break
+        (fg if click[1] else bg).append(click[0])
+    lo, hi = prompt_bounds(box, fg, prev)
+    lo = lo - rng.integers(0, 4, 3)
+    hi = hi + rng.integers(0, 4, 3)
+    roi = roi_around(lo, hi, (cfg.patch,) * 3)
+    x = encode(image_t, roi, case.spacing, box, fg, bg, None if prev is None else torch.from_numpy(prev))
+    y = to_patch(crop(torch.from_numpy(truth)[None].float(), roi), roi) > 0.5
+    return x, y.float()
+
+
+def local_sample(rng, case, cfg: TrainConfig):
+    """A native window at the newest click on a perturbed mask; earlier clicks fixed their area."""
+    label = int(rng.choice(np.unique(case.labels)[1:]))
+    truth = case.labels == label
+    box = jittered_box(rng, truth) if (not case.no_box and rng.random() < 0.8) else None
+    prev = perturbed_mask(rng, truth, case.spacing) if rng.random() < 0.85 else np.zeros_like(truth)
+    fg, bg, newest = [], [], None
+    for _ in range(int(rng.integers(1, 4))):
+        click = sampled_click(rng, prev, truth, case.spacing)
+        if click is None:
+            break
+        if newest is not None:  # the earlier click was answered: fix the truth around it
+            z, y, x = newest
+            sl = tuple(slice(max(v - 4, 0), v + 5) for v in (z, y, x))
+            prev[sl] = truth[sl]
+        newest = click[0]
+        (fg if click[1] else bg).append(click[0])
+    centre = newest if newest is not None else tuple(int(v) for v in np.argwhere(truth).mean(0))
+    centre = np.asarray(centre) + rng.integers(-cfg.patch // 8, cfg.patch // 8 + 1, 3)
+    roi = window_at(centre, (cfg.patch,) * 3)
+    x = encode(torch.from_numpy(case.image), roi, case.spacing, box, fg, bg, torch.from_numpy(prev))
+    y = crop(torch.from_numpy(truth)[None].float(), roi)
+    return x, y
+
+
+def make_batch(rng, cfg, model, real_cases, pool: CasePool):
+    samples = []
+    for _ in range(cfg.batch):
+        case = pool.draw(rng, cfg, real_cases)
+        samples.append(global_sample(rng, case, model, cfg) if cfg.expert == "global" else local_sample(rng, case, cfg))
+    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    probs = torch.sigmoid(logits)
+    dims = tuple(range(1, logits.ndim))
+    dice = 1 - (2 * (probs * target).sum(dims) + 1) / (probs.sum(dims) + target.sum(dims) + 1)
+    return dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+
+
+def autocast(device: str):
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def validate(model, cfg: TrainConfig) -> dict:
+    """DSC on fixed synthetic cases (seeds never drawn in training): box only and after two clicks."""
+    model.eval()
+    scores = {"box": [], "click2": []}
+    for i in range(cfg.val_cases):
+        rng = np.random.default_rng(10**9 + i)
+        case = synth.generate(rng, synth.LOOKS[i % len(synth.LOOKS)])
+        truth = case.labels == 1
+        box = None if case.no_box else jittered_box(rng, truth)
+        fg, bg = ([] if box is not None else [error_click(np.zeros_like(truth), truth)[0]]), []
+        image_t = torch.from_numpy(case.image)
+        prev = predict_mask(model, image_t, case.spacing, box, fg, bg, None, cfg.patch, cfg.device)
+        scores["box"].append(dice(prev, truth))
+        for _ in range(2):
+            click = error_click(prev, truth)
+            if click is None:
+                break
+            (fg if click[1] else bg).append(click[0])
+            prev = predict_mask(model, image_t, case.spacing, box, fg, bg, prev, cfg.patch, cfg.device)
+        scores["click2"].append(dice(prev, truth))
+    model.train()
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def export(model, cfg: TrainConfig, step: int, path: str) -> None:
+    """A small inference file: fp16 weights plus what is needed to rebuild and trust them."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    meta = {"expert": cfg.expert, "patch": cfg.patch, "step": step, "generator_version": synth.GENERATOR_VERSION}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state, "model_config": config_dict(model), "meta": meta}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def main(cfg: TrainConfig) -> None:
+    distributed = "WORLD_SIZE" in os.environ
+    rank = 0
+    if distributed:
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+        rank = dist.get_rank()
+        if cfg.device.startswith("cuda"):
+            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir or f"runs/{cfg.expert}")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "ckpt.pt"
+    model = build_unet().to(cfg.device)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, rng = 0, np.random.default_rng([cfg.seed, rank])
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optim.load_state_dict(ckpt["optim"])
+        step = ckpt["step"]
+        rng.bit_generator.state = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else rng.bit_generator.state
+        print(f"resumed {ckpt_path} at step {step}", flush=True)
+    elif cfg.init:
+        weights = torch.load(cfg.init, map_location=cfg.device, weights_only=False)
+        model.load_state_dict({k: v.float() for k, v in weights["model"].items()})
+        print(f"initialised from {cfg.init}", flush=True)
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    real_cases = [] if cfg.smoke else real.training_cases()
+    pool = CasePool()
+    start = last_ckpt = last_eval = time.time()
+    seen, loss_sum, tick = 0, 0.0, time.time()
+    history = out / "history.jsonl"
+    while time.time() - start < cfg.minutes * 60 and step < cfg.max_steps:
+        x, y = make_batch(rng, cfg, model, real_cases, pool)
+        for group in optim.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast(cfg.device):
+            logits = net(x.to(cfg.device))
+        loss = dice_bce(logits.float(), y.to(cfg.device))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        step += 1
+        seen += x.shape[0]
+        loss_sum += loss.item()
+        if rank == 0 and step % cfg.log_every == 0:
+            rate = seen / (time.time() - tick)
+            record = {"step": step, "loss": loss_sum / cfg.log_every, "samples_per_s": rate,
+                      "lr": lr_at(step, cfg), "minutes": (time.time() - start) / 60}
+            print(json.dumps(record), flush=True)
+            with history.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            seen, loss_sum, tick = 0, 0.0, time.time()
+        now = time.time()
+        if rank == 0 and now - last_eval > cfg.eval_minutes * 60:
+            record = {"step": step, "val": validate(model, cfg)}
+            print(json.dumps(record), flush=True)
+            with history.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            last_eval = time.time()
+        if now - last_ckpt > cfg.ckpt_minutes * 60:
+            save_checkpoint(ckpt_path, model, optim, step, rng, cfg, distributed)
+            last_ckpt = time.time()
+    save_checkpoint(ckpt_path, model, optim, step, rng, cfg, distributed)
+    if rank == 0:
+        export(model, cfg, step, cfg.export or f"weights/{cfg.expert}_expert.pt")
+        print(f"done at step {step}", flush=True)
+    if distributed:
+        dist.destroy_process_group()
+
+
+def save_checkpoint(path, model, optim, step, rng, cfg, distributed) -> None:
+    """Every rank's generator state goes in, so a resumed DDP run continues each rank's stream."""
+    states = [rng.bit_generator.state]
+    if distributed:
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, rng.bit_generator.state)
+        if dist.get_rank() != 0:
+            return
+    ckpt = {"model": model.state_dict(), "optim": optim.state_dict(), "step": step, "rng": states,
+            "config": asdict(cfg), "model_config": config_dict(model)}
+    torch.save(ckpt, str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)
+
+
+def parse_args(argv=None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(TrainConfig):
+        if f.type == "bool":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    if cfg.smoke:  # CI-sized: tiny patches, a few steps, no real data, outputs kept out of weights/
+        cfg.patch, cfg.batch, cfg.max_steps, cfg.max_rounds, cfg.val_cases = 16, 2, 4, 1, 2
+        cfg.out_dir = cfg.out_dir or "runs/smoke"
+        cfg.export = cfg.export or "runs/smoke/expert.pt"
+        cfg.eval_minutes = 0.2
+    return cfg
+
+
+if __name__ == "__main__":
+    main(parse_args())
