@@ -19,13 +19,18 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from app.io import Box
+
 BINS = 32
 CORE = 0.5  # normalised ellipse radius of the foreground sample
 PRIOR_SLOPE = 3.0  # shape log-odds per unit of normalised radius
+PRIOR_CAP = 1.0
 REFITS = 2
+LLR_CLIP = 3.0
 MAX_RADIUS = 25  # voxels, cap of any click correction
 MIN_TOLERANCE = 8.0  # grey levels
 GROW_FRACTION = 0.5
+SCALES = (2, 3, 4, 6, 8, 12, 16, 24)  # click_scale candidates, finest-axis voxels
 
 
 def run(case, state=None, deadline=None) -> np.ndarray:
@@ -34,8 +39,12 @@ def run(case, state=None, deadline=None) -> np.ndarray:
         return box_stage(case.image, case.prompts, case.spacing)
     segs = case.prev_pred.copy()
     for label, prompts in enumerate(case.prompts, 1):
-        if prompts.has_new_click:
-            point, is_fg = prompts.newest_click
+        if not prompts.has_new_click:
+            continue
+        point, is_fg = prompts.newest_click
+        if is_fg and not (segs == label).any():
+            seed(segs, case.image, label, point, case.spacing)
+        else:
             correct(segs, case.image, label, point, is_fg)
     return segs
 
@@ -84,7 +93,8 @@ def box_score(image: np.ndarray, box, spacing) -> tuple[tuple[slice, ...], np.nd
     """Shape log-odds plus intensity log-likelihood ratio in the box RoI; <= 0 off the object."""
     window, radius, in_z = box_geometry(image.shape, box)
     levels = image[window].astype(np.int64) * BINS // 256
-    prior = np.where(in_z, PRIOR_SLOPE * (1.0 - radius), -np.inf)
+    # capped inside, so that clear intensity evidence can carve the ellipse (its caps overshoot)
+    prior = np.where(in_z, np.minimum(PRIOR_SLOPE * (1.0 - radius), PRIOR_CAP), -np.inf)
     z_mid = box.z_mid - window[0].start
     in_box = np.zeros(radius.shape[1:], bool)
     in_box[box.y_min - window[1].start:box.y_max - window[1].start + 1,
@@ -98,7 +108,8 @@ def box_score(image: np.ndarray, box, spacing) -> tuple[tuple[slice, ...], np.nd
     for _ in range(REFITS + 1):
         pf, pb = histogram(levels[fg]), histogram(levels[bg])
         weight = 0.5 * np.abs(pf - pb).sum()  # total variation: how much intensity can be trusted
-        llr = ndimage.gaussian_filter(np.log(pf / pb)[levels], sigma)
+        # symmetric clipping keeps the zero crossing in place when smoothing
+        llr = ndimage.gaussian_filter(np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP)[levels], sigma)
         score = prior + weight * llr
         mask = keep_core(score > 0, in_z & (radius < CORE))
         if not mask.any():
@@ -116,6 +127,42 @@ def keep_core(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
     elif mask.any():
         mask = components == np.argmax(np.bincount(components.ravel())[1:]) + 1
     return np.stack([ndimage.binary_fill_holes(s) for s in mask])
+
+
+# --- no-box start -------------------------------------------------------------------------------------
+
+
+def click_scale(image: np.ndarray, point, aniso: np.ndarray) -> float:
+    """The radius (finest-axis voxels) at which a ball around the click contrasts most with the
+    shell just outside it: a blob detector on histograms, the object's size for the box stage."""
+    best, best_tv = SCALES[0], -1.0
+    for r in SCALES:
+        radii = r * aniso
+        lo = [max(int(p - 1.5 * q) - 1, 0) for p, q in zip(point, radii)]
+        hi = [min(int(p + 1.5 * q) + 2, s) for p, q, s in zip(point, radii, image.shape)]
+        grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        norm = np.sqrt(sum(((g - p) / q) ** 2 for g, p, q in zip(grids, point, radii)))
+        levels = image[tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.int64) * BINS // 256
+        inner, shell = norm <= 0.7, (norm >= 1.0) & (norm <= 1.5)
+        if inner.sum() < 5 or shell.sum() < 5:
+            continue
+        tv = 0.5 * np.abs(histogram(levels[inner]) - histogram(levels[shell])).sum()
+        if tv > best_tv:
+            best, best_tv = r, tv
+    return float(best)
+
+
+def seed(segs: np.ndarray, image: np.ndarray, label: int, point, spacing) -> None:
+    """A first fg click without a mask: the box stage on a box sized by click_scale."""
+    spacing = np.asarray(spacing, dtype=float)
+    aniso = spacing.min() / spacing
+    half = np.maximum(np.round(click_scale(image, point, aniso) * aniso), 1).astype(int)
+    lo = [max(p - h, 0) for p, h in zip(point, half)]
+    hi = [min(p + h, s - 1) for p, h, s in zip(point, half, image.shape)]
+    box = Box(z_min=lo[0], z_max=hi[0], z_mid=point[0], y_min=lo[1], y_max=hi[1], x_min=lo[2], x_max=hi[2])
+    window, score = box_score(image, box, spacing)
+    segs[window][score > 0] = label
+    segs[tuple(point)] = label
 
 
 # --- click stage -------------------------------------------------------------------------------------
@@ -140,21 +187,29 @@ def correct(segs: np.ndarray, image: np.ndarray, label: int, point, is_fg: bool)
     if is_fg:
         region[change] = label  # the click itself is always in `change`
     else:
-        region[(change | (dist <= depth)) & mask] = 0
+        region[(change | (dist < depth)) & mask] = 0
 
 
 def similar_component(img: np.ndarray, local: tuple, reference: np.ndarray | None) -> np.ndarray:
-    """Voxels like the click's neighbourhood (tolerance from the class's spread when known),
-    26-connected to the click."""
+    """Voxels like the click's neighbourhood, 26-connected to the click. The tolerance is the
+    class's robust spread when the class has voxels here, else the image noise: a plain std
+    next to an edge would span both sides of it."""
     smooth = ndimage.gaussian_filter(img, 0.7)
     near = tuple(slice(max(p - 1, 0), p + 2) for p in local)
-    spread = img[reference] if reference is not None and reference.sum() >= 30 else \
-        img[tuple(slice(max(p - 2, 0), p + 3) for p in local)]
-    tolerance = max(2.0 * float(spread.std()), MIN_TOLERANCE)
+    if reference is not None and reference.sum() >= 30:
+        spread = robust_sigma(img[reference])
+    else:
+        spread = robust_sigma(img - ndimage.gaussian_filter(img, 1.0))
+    tolerance = max(2.5 * spread, MIN_TOLERANCE)
     similar = np.abs(smooth - float(np.median(img[near]))) <= tolerance
     similar[local] = True
     components = cc3d.connected_components(similar.astype(np.uint8), connectivity=26)
     return components == components[local]
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
 def grow_radius(component: np.ndarray, dist: np.ndarray) -> float:
