@@ -44,15 +44,26 @@ _AXES = ((slice(None), None, None), (None, slice(None), None), (None, None, slic
 
 
 def blob(rng, shape, spacing, centre_mm, radii_mm, wobble: float) -> np.ndarray:
-    """A smoothly deformed, randomly rotated ellipsoid (boolean mask)."""
-    coords = grid_mm(shape, spacing)
+    """A smoothly deformed, randomly rotated ellipsoid (boolean mask).
+
+    Evaluated only on its bounding sub-grid: q + wobble * noise < 1 needs q < 1 + wobble.
+    """
+    reach = max(radii_mm) * np.sqrt(1.0 + wobble)
+    lo = np.clip(np.floor((np.asarray(centre_mm) - reach) / spacing), 0, shape).astype(int)
+    hi = np.clip(np.ceil((np.asarray(centre_mm) + reach) / spacing) + 1, 0, shape).astype(int)
+    out = np.zeros(shape, bool)
+    if np.any(hi - lo < 1):
+        return out
+    sub = tuple(hi - lo)
+    coords = [c + o * sp for c, o, sp in zip(grid_mm(sub, spacing), lo, spacing)]
     rot, _ = np.linalg.qr(rng.standard_normal((3, 3)))
     d = [c - m for c, m in zip(coords, centre_mm)]
     q = 0.0
     for axis in range(3):
         u = d[0] * rot[axis, 0] + d[1] * rot[axis, 1] + d[2] * rot[axis, 2]
         q = q + (u / radii_mm[axis]) ** 2
-    return (q + wobble * smooth_noise(rng, shape, int(rng.integers(3, 7)))) < 1.0
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = (q + wobble * smooth_noise(rng, sub, int(rng.integers(3, 7)))) < 1.0
+    return out
 
 
 def random_grid(rng: np.random.Generator, thick_slices: bool):

@@ -1,0 +1,37 @@
+"""A RoI where none was given: grow it from what the expert already found.
+
+Without a box the first view is a native window at the positive click. When the
+predicted object touches a side of that view (and the image goes on beyond it), the
+object is larger than the view: the RoI is regrown around the clicks plus the predicted
+mask, zoomed out by the content-aware rule, and predicted again. The same check catches a
+box that cut the object short.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.roi import Roi, bounding_box
+
+
+def touches_open_side(mask: np.ndarray, roi: Roi, image_shape) -> bool:
+    """True when the mask (on the RoI's crop grid) reaches a crop face that lies inside the image."""
+    img_sl, crop_sl = roi.image_slices(tuple(image_shape))
+    inside = mask[crop_sl]
+    for axis in range(3):
+        if inside.shape[axis] == 0:
+            return False
+        first = np.take(inside, 0, axis=axis).any() and img_sl[axis].start > 0
+        last = np.take(inside, -1, axis=axis).any() and img_sl[axis].stop < image_shape[axis]
+        if first or last:
+            return True
+    return False
+
+
+def grown_bounds(mask: np.ndarray, roi: Roi, lo, hi):
+    """Prompt bounds (lo, hi) widened to the mask's extent in image voxels."""
+    found = bounding_box(mask)
+    if found is None:
+        return np.asarray(lo), np.asarray(hi)
+    start = np.asarray(roi.start)
+    return np.minimum(lo, found[0] + start), np.maximum(hi, found[1] + start)

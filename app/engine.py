@@ -1,0 +1,239 @@
+"""The inference engine: per-class routing between the experts, fusion, and the time budget.
+
+Per class (design.md, papers 000/003):
+- frozen: no new click this round means the organisers found no error: keep prev_pred;
+- box or previous mask: global expert on the zoomed RoI of box + positive clicks + mask,
+  then the local expert at the newest click when the global ran zoomed (or the click lies
+  outside its RoI), blended into the class's probabilities;
+- clicks only (no-box start): local window at the click first, then the RoI is grown
+  (app.autobox) and the global expert sees the whole object.
+Classes with a new click go first, cheap before expensive; a class is only started when
+the time measured so far says it can finish before the deadline. Unfinished classes fall
+back (prev_pred, then box) exactly like the watchdog's salvage.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from app.autobox import grown_bounds, touches_open_side
+from app.experts import Expert, load_experts
+from app.fallback import fallback_labels
+from app.io import Case, ClassPrompts
+from app.postprocess import StreamingFusion
+from app.roi import Roi, prompt_bounds, roi_around, window_at
+from app.watchdog import RunState
+
+MAX_REGROW = 2          # extra global passes when the object runs out of its RoI
+BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam
+TIME_SAFETY = 1.5       # a class starts only if 1.5 x its expected cost fits
+
+
+@dataclass
+class ClassView:
+    """What the engine knows of one class this round."""
+
+    label: int
+    prompts: ClassPrompts
+    box: tuple[np.ndarray, np.ndarray] | None
+    prev: np.ndarray | None  # boolean mask of the class in prev_pred, None when absent
+
+    @property
+    def frozen(self) -> bool:
+        return self.prev is not None and bool(self.prompts.order) and not self.prompts.has_new_click
+
+    @property
+    def cost(self) -> float:
+        """A size proxy for scheduling: voxels of the box or of the previous mask."""
+        bounds = prompt_bounds(self.box, self.prompts.fg, self.prev)
+        return 0.0 if bounds is None else float(np.prod(bounds[1] - bounds[0] + 1))
+
+
+def class_views(case: Case) -> list[ClassView]:
+    views = []
+    for c, prompts in enumerate(case.prompts):
+        label = c + 1
+        box = None
+        if prompts.box is not None:
+            b = prompts.box
+            box = (np.array([b.z_min, b.y_min, b.x_min]), np.array([b.z_max, b.y_max, b.x_max]))
+        prev = None
+        if case.prev_pred is not None:
+            mask = case.prev_pred == label
+            prev = mask if mask.any() else None
+        views.append(ClassView(label, prompts, box, prev))
+    return views
+
+
+def schedule(views: list[ClassView]) -> list[ClassView]:
+    """Classes to run, most urgent first: a new click, then the smaller ones."""
+    active = [v for v in views if not v.frozen]
+    return sorted(active, key=lambda v: (not v.prompts.has_new_click, v.cost))
+
+
+def route(view: ClassView, roi: Roi | None) -> tuple[str, ...]:
+    """Which experts run, in order, for one class (see the module docstring)."""
+    newest = view.prompts.newest_click
+    if view.box is None and view.prev is None:
+        return ("local", "global") if view.prompts.fg else ()
+    if newest is not None and (roi.zoomed or not roi.contains(newest[0])):
+        return ("global", "local")
+    return ("global",)
+
+
+class ClassCanvas:
+    """One class's probabilities on a sub-volume that grows to hold every RoI it was given."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.lo = np.array(shape)
+        self.hi = np.zeros(3, int)
+        self.probs = torch.zeros(0, 0, 0)
+
+    def region(self) -> tuple[slice, ...]:
+        return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi))
+
+    def _cover(self, img_sl) -> None:
+        lo = np.minimum(self.lo, [s.start for s in img_sl])
+        hi = np.maximum(self.hi, [s.stop for s in img_sl])
+        if (lo == self.lo).all() and (hi == self.hi).all():
+            return
+        grown = torch.zeros(tuple(hi - lo))
+        if self.probs.numel():
+            old = tuple(slice(int(a - b), int(a - b + n)) for a, b, n in zip(self.lo, lo, self.probs.shape))
+            grown[old] = self.probs
+        self.lo, self.hi, self.probs = lo, hi, grown
+
+    def _local(self, img_sl) -> tuple[slice, ...]:
+        return tuple(slice(s.start - int(a), s.stop - int(a)) for s, a in zip(img_sl, self.lo))
+
+    def put(self, logits: torch.Tensor, roi: Roi, weight: torch.Tensor | None = None) -> None:
+        """Paste sigmoid(logits) of a RoI crop; with `weight` (crop grid), blend it over what is there."""
+        img_sl, crop_sl = roi.image_slices(self.shape)
+        self._cover(img_sl)
+        target = self.probs[self._local(img_sl)]
+        new = torch.sigmoid(logits[crop_sl])
+        target.copy_(new if weight is None else weight[crop_sl] * new + (1 - weight[crop_sl]) * target)
+
+    def mask_on(self, roi: Roi) -> np.ndarray:
+        """The class's current binary mask on the RoI's crop grid (zero outside the canvas)."""
+        out = np.zeros(roi.size, bool)
+        img_sl, crop_sl = roi.image_slices(self.shape)
+        lo = np.maximum([s.start for s in img_sl], self.lo)
+        hi = np.minimum([s.stop for s in img_sl], self.hi)
+        if (hi <= lo).any():
+            return out
+        src = tuple(slice(int(a - b), int(c - b)) for a, c, b in zip(lo, hi, self.lo))
+        dst = tuple(slice(int(a - s), int(c - s)) for a, c, s in zip(lo, hi, roi.start))
+        out[dst] = (self.probs[src] > 0.5).numpy()
+        return out
+
+    def mask_full(self) -> np.ndarray:
+        out = np.zeros(self.shape, bool)
+        if self.probs.numel():
+            out[self.region()] = (self.probs > 0.5).numpy()
+        return out
+
+
+def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
+    """1 inside, falling linearly to ~0 at the window faces: the local paste's blend weight."""
+    ramps = [torch.clamp(torch.minimum(torch.arange(n) + 1, n - torch.arange(n)).float() / width, 0, 1) for n in size]
+    return ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]
+
+
+class ClassSegmenter:
+    """Runs the experts for one class at a time on one case's image."""
+
+    def __init__(self, case: Case, global_expert: Expert, local_expert: Expert | None):
+        self.image = torch.from_numpy(case.image)
+        self.spacing = case.spacing
+        self.shape = case.image.shape
+        self.global_expert = global_expert
+        self.local_expert = local_expert or global_expert  # the global net on a native window
+
+    def segment(self, view: ClassView) -> ClassCanvas:
+        canvas = ClassCanvas(self.shape)
+        p = view.prompts
+        bounds = prompt_bounds(view.box, p.fg, view.prev)
+        roi = roi_around(*bounds, self.global_expert.patch) if bounds is not None else None
+        for step in route(view, roi):
+            if step == "global":
+                self._global(canvas, view, bounds)
+            else:
+                self._local(canvas, view)
+        return canvas
+
+    def _global(self, canvas: ClassCanvas, view: ClassView, bounds) -> None:
+        p = view.prompts
+        prev = view.prev if view.prev is not None else (canvas.mask_full() if canvas.probs.numel() else None)
+        if view.prev is None and prev is not None:
+            bounds = prompt_bounds(view.box, p.fg, prev)
+        prev_t = None if prev is None else torch.from_numpy(prev)
+        for _ in range(MAX_REGROW + 1):
+            roi = roi_around(*bounds, self.global_expert.patch)
+            logits = self.global_expert.logits(self.image, roi, self.spacing, view.box, p.fg, p.bg, prev_t)
+            canvas.put(logits, roi)
+            mask = (logits > 0).numpy()
+            if not touches_open_side(mask, roi, self.shape):
+                return
+            bounds = grown_bounds(mask, roi, *bounds)
+
+    def _local(self, canvas: ClassCanvas, view: ClassView) -> None:
+        p = view.prompts
+        newest = p.newest_click[0] if p.newest_click is not None else p.fg[-1]
+        roi = window_at(newest, self.local_expert.patch)
+        prev = torch.from_numpy(canvas.mask_on(roi))
+        full_prev = torch.zeros(self.shape, dtype=torch.bool)
+        img_sl, crop_sl = roi.image_slices(self.shape)
+        full_prev[img_sl] = prev[crop_sl]
+        logits = self.local_expert.logits(self.image, roi, self.spacing, view.box, p.fg, p.bg, full_prev)
+        canvas.put(logits, roi, None if not canvas.probs.numel() else border_ramp(roi.size))
+
+
+def run(case: Case, state: RunState | None, deadline: float, experts=None, clock=time.monotonic) -> np.ndarray:
+    """The engine behind `python -m app` (signature fixed by app.__main__)."""
+    global_expert, local_expert = experts if experts is not None else load_experts()
+    if global_expert is None:
+        log(f"{case.name}: no weights in weights/: prompt-only fallback")
+        return fallback_labels(case)
+    views = class_views(case)
+    frozen = [v for v in views if v.frozen]
+    fusion = StreamingFusion(case.image.shape)
+    done: set[int] = {v.label for v in frozen}
+
+    def current() -> np.ndarray:
+        labels = fusion.labels()
+        for v in frozen:
+            labels[v.prev] = v.label
+        return labels
+
+    if state is not None:
+        with state.lock:
+            state.partial, state.done = current, set(done)
+    segmenter = ClassSegmenter(case, global_expert, local_expert)
+    reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
+    slowest = 0.0
+    for view in schedule(views):
+        if clock() + TIME_SAFETY * slowest > deadline - reserve:
+            log(f"{case.name}: time is short: class {view.label} and later ones fall back")
+            break
+        started = clock()
+        canvas = segmenter.segment(view)
+        if state is not None:
+            with state.lock:
+                fusion.add(view.label, canvas.probs, canvas.region())
+                state.done.add(view.label)
+        else:
+            fusion.add(view.label, canvas.probs, canvas.region())
+        done.add(view.label)
+        slowest = max(slowest, clock() - started)
+    return fallback_labels(case, current(), done)
+
+
+def log(message: str) -> None:
+    print(f"engine: {message}", file=sys.stderr, flush=True)

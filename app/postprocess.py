@@ -1,0 +1,35 @@
+"""Sigmoid product-background fusion of per-class probabilities, streamed over classes.
+
+Each class is segmented on its own (one sigmoid per class), so overlaps must be resolved:
+background = prod_c (1 - p_c), label = argmax over [background, p_1, ..., p_K] (paper 000).
+Kept as three running volumes (log-background sum, best probability, best label) so that
+memory does not grow with K: a 100-class case costs what a 1-class case costs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EPS = 1e-6
+
+
+class StreamingFusion:
+    def __init__(self, shape: tuple[int, int, int]):
+        self.log_background = torch.zeros(shape, dtype=torch.float32)
+        self.best_prob = torch.zeros(shape, dtype=torch.float32)
+        self.best_label = torch.zeros(shape, dtype=torch.uint8)
+
+    def add(self, label: int, probs: torch.Tensor, region: tuple[slice, slice, slice]) -> None:
+        """Fold one class's probabilities on `region` of the image in (zero elsewhere)."""
+        probs = probs.to(torch.float32).clamp(0.0, 1.0 - EPS)
+        self.log_background[region] += torch.log1p(-probs)
+        best = self.best_prob[region]
+        better = probs > best
+        best[better] = probs[better]
+        self.best_label[region][better] = label
+
+    def labels(self) -> np.ndarray:
+        """uint8 labels: the best class where it beats the product background, else 0."""
+        wins = self.best_prob > torch.exp(self.log_background)
+        return torch.where(wins, self.best_label, torch.zeros_like(self.best_label)).numpy()
