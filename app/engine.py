@@ -123,7 +123,7 @@ class ClassCanvas:
     def mask_on(self, roi: Roi) -> np.ndarray:
         """The class's current binary mask on the RoI's crop grid (zero outside the canvas)."""
         out = np.zeros(roi.size, bool)
-        img_sl, crop_sl = roi.image_slices(self.shape)
+        img_sl, _ = roi.image_slices(self.shape)
         lo = np.maximum([s.start for s in img_sl], self.lo)
         hi = np.minimum([s.stop for s in img_sl], self.hi)
         if (hi <= lo).any():

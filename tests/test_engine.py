@@ -1,0 +1,243 @@
+"""Engine modules: prompt channels, RoI maps, fusion, routing, scheduling, the time-aware loop."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from app import engine
+from app.autobox import grown_bounds, touches_open_side
+from app.io import Box, Case, ClassPrompts
+from app.postprocess import StreamingFusion
+from app.prompts import box_channel, click_channel, encode
+from app.roi import Roi, crop, from_patch, prompt_bounds, roi_around, to_patch, window_at, zoom_factors
+from app.watchdog import RunState
+
+
+# ----------------------------------------------------------------------------- prompts
+def test_box_channel_matches_hand_computed_cuboid():
+    roi = Roi((0, 0, 0), (4, 5, 6), (4, 5, 6))
+    expected = np.zeros((4, 5, 6), np.float32)
+    expected[1:3, 2:5, 0:2] = 1
+    assert np.array_equal(box_channel(roi, (1, 2, 0), (2, 4, 1)).numpy(), expected)
+
+
+def test_box_channel_on_a_zoomed_grid_samples_voxel_centres():
+    roi = Roi((0, 0, 0), (8, 8, 8), (4, 4, 4))  # patch voxel i covers image voxels 2i, 2i+1
+    channel = box_channel(roi, (0, 0, 0), (3, 3, 3)).numpy()
+    expected = np.zeros((4, 4, 4), np.float32)
+    expected[:2, :2, :2] = 1
+    assert np.array_equal(channel, expected)
+
+
+def test_click_ball_radius_is_in_millimetres():
+    roi = Roi((0, 0, 0), (9, 9, 9), (9, 9, 9))
+    ball = click_channel(roi, [(4, 4, 4)], spacing=(1.0, 1.0, 1.0), radius_mm=1.0).numpy()
+    expected = np.zeros((9, 9, 9), np.float32)
+    expected[4, 4, 4] = 1
+    for axis in range(3):
+        for d in (-1, 1):
+            idx = [4, 4, 4]
+            idx[axis] += d
+            expected[tuple(idx)] = 1
+    assert np.array_equal(ball, expected)
+    thick = click_channel(roi, [(4, 4, 4)], spacing=(5.0, 1.0, 1.0), radius_mm=2.0).numpy()
+    assert thick[:, 4, 4].sum() == 1 and thick[4, :, 4].sum() == 5  # 5 mm slices: one slice only
+
+
+def test_zoom_cannot_erase_a_click():
+    roi = Roi((0, 0, 0), (64, 64, 64), (8, 8, 8))
+    ball = click_channel(roi, [(17, 40, 63)], spacing=(1.0, 1.0, 1.0), radius_mm=0.5).numpy()
+    assert ball.sum() == 1 and ball[2, 5, 7] == 1
+
+
+def test_encode_channels_and_absent_prompts_are_zero():
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (10, 12, 14)).astype(np.uint8))
+    roi = Roi((0, 0, 0), (8, 8, 8), (8, 8, 8))
+    x = encode(image, roi, (1, 1, 1))
+    assert x.shape == (5, 8, 8, 8)
+    assert torch.all(x[1:] == 0)
+    assert abs(float(x[0].mean())) < 1e-4  # z-scored image
+    prev = torch.zeros(10, 12, 14, dtype=torch.bool)
+    prev[2:4, 2:4, 2:4] = True
+    x = encode(image, roi, (1, 1, 1), box=((1, 1, 1), (2, 2, 2)), fg=[(5, 5, 5)], bg=[(6, 6, 6)], prev=prev)
+    assert x[1].sum() == 8 and x[2, 5, 5, 5] == 1 and x[3, 6, 6, 6] == 1 and x[4].sum() == 8
+
+
+# ----------------------------------------------------------------------------- roi
+def test_native_roi_round_trip_is_voxel_exact():
+    volume = torch.rand(20, 30, 25)
+    roi = window_at((3, 15, 24), (8, 8, 8))  # partly outside the image
+    patch = to_patch(crop(volume[None], roi), roi)
+    back = from_patch(patch, roi)[0]
+    img_sl, crop_sl = roi.image_slices(tuple(volume.shape))
+    assert torch.equal(back[crop_sl], volume[img_sl])
+    outside = torch.ones_like(back, dtype=torch.bool)
+    outside[crop_sl] = False
+    assert torch.all(back[outside] == 0)
+
+
+def test_zoom_rule_and_zoomed_roi_covers_the_object():
+    assert np.allclose(zoom_factors((10, 48, 100), (48, 48, 48)), (1.0, (48 + 16) / 48, (100 + 16) / 48))
+    roi = roi_around((5, 10, 20), (14, 80, 60), (16, 16, 16))
+    assert roi.size[0] == 16 and roi.size[1] > 16 and roi.zoomed
+    for lo, hi, start, size in zip((5, 10, 20), (14, 80, 60), roi.start, roi.size):
+        assert start <= lo and hi < start + size
+
+
+def test_zoomed_round_trip_keeps_a_smooth_volume():
+    zz, yy, xx = torch.meshgrid(*(torch.linspace(0, 1, 32),) * 3, indexing="ij")
+    volume = zz + yy + xx
+    roi = Roi((0, 0, 0), (32, 32, 32), (16, 16, 16))
+    back = from_patch(to_patch(volume[None], roi), roi)[0]
+    assert float((back - volume)[2:-2, 2:-2, 2:-2].abs().max()) < 1e-3
+
+
+def test_prompt_bounds_unions_box_clicks_and_mask():
+    prev = np.zeros((20, 20, 20), bool)
+    prev[15, 16, 17] = True
+    lo, hi = prompt_bounds(((2, 3, 4), (5, 6, 7)), [(1, 10, 10)], prev)
+    assert tuple(lo) == (1, 3, 4) and tuple(hi) == (15, 16, 17)
+    assert prompt_bounds(None, [], None) is None
+
+
+# ----------------------------------------------------------------------------- fusion
+def test_streaming_fusion_equals_the_dense_formula():
+    rng = np.random.default_rng(1)
+    k, shape = 5, (6, 7, 8)
+    probs = rng.random((k,) + shape).astype(np.float32)
+    probs[probs < 0.4] = 0
+    regions = []
+    fusion = StreamingFusion(shape)
+    for c in range(k):
+        lo = rng.integers(0, 3, 3)
+        region = tuple(slice(int(a), int(a) + 4) for a in lo)
+        dense = np.zeros(shape, np.float32)
+        dense[region] = probs[c][region]
+        probs[c] = dense
+        regions.append(region)
+        fusion.add(c + 1, torch.from_numpy(dense[region]), region)
+    background = np.prod(1 - np.clip(probs, 0, 1 - 1e-6), axis=0)
+    expected = np.argmax(np.concatenate([background[None], probs]), axis=0).astype(np.uint8)
+    assert np.array_equal(fusion.labels(), expected)
+
+
+# ----------------------------------------------------------------------------- routing and scheduling
+def _view(box=True, prev=False, fg=(), bg=(), order=()):
+    prompts = ClassPrompts(Box(2, 5, 3, 2, 5, 2, 5) if box else None, list(fg), list(bg), list(order))
+    b = (np.array([2, 2, 2]), np.array([5, 5, 5])) if box else None
+    p = np.zeros((8, 8, 8), bool)
+    p[3, 3, 3] = True
+    return engine.ClassView(1, prompts, b, p if prev else None)
+
+
+def test_routing_rules():
+    native = Roi((0, 0, 0), (8, 8, 8), (8, 8, 8))
+    zoomed = Roi((0, 0, 0), (16, 16, 16), (8, 8, 8))
+    assert engine.route(_view(), native) == ("global",)
+    clicked = _view(prev=True, fg=[(3, 3, 3)], order=["fg"])
+    assert engine.route(clicked, native) == ("global",)
+    assert engine.route(clicked, zoomed) == ("global", "local")
+    far = _view(prev=True, bg=[(30, 30, 30)], order=["bg"])
+    assert engine.route(far, native) == ("global", "local")
+    assert engine.route(_view(box=False, fg=[(3, 3, 3)], order=["fg"]), None) == ("local", "global")
+    assert engine.route(_view(box=False), None) == ()
+
+
+def test_schedule_runs_new_clicks_first_then_small_and_skips_frozen():
+    big = _view(fg=[(3, 3, 3)], order=[None, "fg"])
+    big.box = (np.array([0, 0, 0]), np.array([7, 7, 7]))
+    small_new = _view(fg=[(3, 3, 3)], order=["fg", "fg"])
+    old = _view(prev=True, order=["fg", None])
+    assert old.frozen
+    assert engine.schedule([old, big, small_new]) == [small_new, big]
+
+
+# ----------------------------------------------------------------------------- the loop
+class BoxExpert:
+    """Stands in for a network: +8 inside the box channel, -8 outside (the box fill)."""
+
+    patch = (8, 8, 8)
+
+    def __init__(self):
+        self.calls = 0
+
+    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None):
+        self.calls += 1
+        x = encode(image, roi, spacing, box, fg, bg, prev)
+        return from_patch((x[1:2] * 16 - 8), roi)[0]
+
+
+def _case(k=4, shape=(16, 16, 16)):
+    boxes = [Box(1 + c, 3 + c, 2 + c, 1, 4 + c, 2 * c, 2 * c + 1) for c in range(k)]
+    prompts = [ClassPrompts(b, [], [], []) for b in boxes]
+    image = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+    return Case("t.npz", image, np.ones(3), prompts, None, 0, True)
+
+
+def test_box_expert_reproduces_the_box_cuboids_through_roi_and_fusion():
+    case = _case(k=1)
+    out = engine.run(case, RunState(threading.Lock()), deadline=1e9, experts=(BoxExpert(), None))
+    expected = np.zeros(case.image.shape, np.uint8)
+    expected[case.prompts[0].box.slices()] = 1
+    assert np.array_equal(out, expected)
+
+
+def test_time_aware_loop_stops_starting_classes_and_falls_back():
+    case = _case(k=4)
+    now = [0.0]
+
+    def clock():
+        now[0] += 5.0  # every clock read costs 5 s: a class takes 5 s
+        return now[0]
+
+    expert = BoxExpert()
+    state = RunState(threading.Lock())
+    out = engine.run(case, state, deadline=26.0, experts=(expert, None), clock=clock)
+    assert 1 <= len(state.done) < 4  # it stopped early ...
+    for c, prompts in enumerate(case.prompts):  # ... and every class still has its box
+        assert (out == c + 1).any()
+
+
+def test_frozen_class_keeps_prev_pred_exactly():
+    case = _case(k=2)
+    prev = np.zeros(case.image.shape, np.uint8)
+    prev[2:5, 1:3, 0:2] = 1
+    prev[3:6, 1:6, 2:4] = 2
+    case.prev_pred = prev
+    case.iteration = 1
+    case.prompts[0].order = [None]
+    case.prompts[1].order = ["bg"]
+    case.prompts[1].bg = [(4, 3, 3)]
+    out = engine.run(case, None, deadline=1e9, experts=(BoxExpert(), None))
+    assert np.array_equal(out == 1, prev == 1)
+
+
+def test_without_weights_the_engine_falls_back_to_prompts():
+    case = _case(k=2)
+    out = engine.run(case, None, deadline=1e9, experts=(None, None))
+    assert (out == 1).sum() > 0 and (out == 2).sum() > 0
+
+
+# ----------------------------------------------------------------------------- autobox
+def test_regrowth_only_when_the_mask_reaches_an_inner_face():
+    roi = Roi((4, 4, 4), (8, 8, 8), (8, 8, 8))
+    mask = np.zeros((8, 8, 8), bool)
+    mask[2:5, 2:5, 2:5] = True
+    assert not touches_open_side(mask, roi, (20, 20, 20))
+    mask[2:5, 2:5, 7] = True
+    assert touches_open_side(mask, roi, (20, 20, 20))
+    assert not touches_open_side(mask, roi, (20, 20, 12))  # that face is the image's edge
+    lo, hi = grown_bounds(mask, roi, np.array([8, 8, 8]), np.array([8, 8, 8]))
+    assert tuple(lo) == (6, 6, 6) and tuple(hi) == (8, 8, 11)
+
+
+@pytest.mark.parametrize("k", [100])
+def test_many_classes_complete(k):
+    case = _case(k=1, shape=(24, 40, 40))
+    case.prompts = [ClassPrompts(Box(1, 3, 2, 1, 4, c % 30, c % 30 + 2), [], [], []) for c in range(k)]
+    out = engine.run(case, RunState(threading.Lock()), deadline=1e9, experts=(BoxExpert(), None))
+    assert out.shape == case.image.shape and out.max() <= k
