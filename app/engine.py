@@ -156,17 +156,19 @@ class ClassSegmenter:
         self.global_expert = global_expert
         self.local_expert = local_expert or global_expert  # the global net on a native window
 
-    def segment(self, view: ClassView) -> ClassCanvas:
+    def segment(self, view: ClassView) -> tuple[ClassCanvas, tuple[str, ...]]:
+        """The class's probabilities and the experts that produced them."""
         canvas = ClassCanvas(self.shape)
         p = view.prompts
         bounds = prompt_bounds(view.box, p.fg, view.prev)
         roi = roi_around(*bounds, self.global_expert.patch) if bounds is not None else None
-        for step in route(view, roi):
+        steps = route(view, roi)
+        for step in steps:
             if step == "global":
                 self._global(canvas, view, bounds)
             else:
                 self._local(canvas, view)
-        return canvas
+        return canvas, steps
 
     def _global(self, canvas: ClassCanvas, view: ClassView, bounds) -> None:
         p = view.prompts
@@ -197,7 +199,9 @@ class ClassSegmenter:
 
 def run(case: Case, state: RunState | None, deadline: float, experts=None, clock=time.monotonic) -> np.ndarray:
     """The engine behind `python -m app` (signature fixed by app.__main__)."""
+    loading = clock()
     global_expert, local_expert = experts if experts is not None else load_experts()
+    log(f"{case.name}: experts ready in {clock() - loading:.2f}s")
     if global_expert is None:
         log(f"{case.name}: no weights in weights/: prompt-only fallback")
         return fallback_labels(case)
@@ -223,7 +227,7 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
             log(f"{case.name}: time is short: class {view.label} and later ones fall back")
             break
         started = clock()
-        canvas = segmenter.segment(view)
+        canvas, steps = segmenter.segment(view)
         if state is not None:
             with state.lock:
                 fusion.add(view.label, canvas.probs, canvas.region())
@@ -231,7 +235,9 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
         else:
             fusion.add(view.label, canvas.probs, canvas.region())
         done.add(view.label)
-        slowest = max(slowest, clock() - started)
+        took = clock() - started
+        slowest = max(slowest, took)
+        log(f"{case.name}: class {view.label} {'+'.join(steps) or 'nothing to go on'} {took:.2f}s")
     return fallback_labels(case, current(), done)
 
 

@@ -308,7 +308,8 @@ def parse_args(argv=None) -> TrainConfig:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     if cfg.smoke:  # CI-sized: tiny patches, a few steps, no real data, outputs kept out of weights/
-        cfg.patch, cfg.batch, cfg.max_steps, cfg.max_rounds, cfg.val_cases = 16, 2, 4, 1, 2
+        cfg.patch, cfg.batch, cfg.max_rounds = 16, 2, 1
+        cfg.max_steps, cfg.val_cases = min(cfg.max_steps, 4), min(cfg.val_cases, 2)
         cfg.out_dir = cfg.out_dir or "runs/smoke"
         cfg.export = cfg.export or "runs/smoke/expert.pt"
         cfg.eval_minutes = 0.2

@@ -1,0 +1,143 @@
+"""Training code: generator, interaction simulation, a learning step, resume, DDP, manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.models.unet3d import build_unet
+from training import synth, train
+from training.interaction import jittered_box, perturbed_mask, sampled_click
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("look", synth.LOOKS)
+def test_generator_is_deterministic_and_labels_are_sane(look):
+    a = synth.generate(np.random.default_rng(7), look)
+    b = synth.generate(np.random.default_rng(7), look)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.image.dtype == np.uint8 and a.labels.dtype == np.uint8 and a.image.shape == a.labels.shape
+    present = np.unique(a.labels)
+    assert present[0] == 0 and np.array_equal(present, np.arange(len(present)))  # contiguous 0..K
+    assert all((a.labels == k).sum() >= 20 for k in present[1:])
+    assert a.image.size <= 1.3e6 and np.all(a.spacing > 0)
+    assert a.no_box == (look == "microscopy") or look in ("ct", "mr")
+
+
+def test_clicks_land_on_the_error_with_the_right_sign():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((20, 20, 20), bool)
+    truth[5:15, 5:15, 5:15] = True
+    pred = truth.copy()
+    pred[5:9] = False  # missed part: fg clicks
+    pred[0:3, 0:3, 0:3] = True  # small false positive
+    for _ in range(20):
+        zyx, is_fg = sampled_click(rng, pred, truth, np.ones(3))
+        assert pred[zyx] != truth[zyx] and is_fg == truth[zyx]
+
+
+def test_boxes_and_perturbed_masks_stay_plausible():
+    rng = np.random.default_rng(1)
+    truth = np.zeros((20, 30, 30), bool)
+    truth[6:12, 8:20, 10:22] = True
+    lo, hi = jittered_box(rng, truth)
+    assert np.all(lo <= (6, 8, 10)) and np.all(hi >= (11, 19, 21))
+    mask = perturbed_mask(rng, truth, np.array([2.0, 1.0, 1.0]))
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert mask.shape == truth.shape and 0.2 < dice < 1.0
+
+
+def _fixed_batch(cfg, model):
+    rng = np.random.default_rng(3)
+    return train.make_batch(rng, cfg, model, [], train.CasePool(size=2))
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = train.TrainConfig(patch=16, batch=2, max_rounds=1)
+    model = build_unet()
+    x, y = _fixed_batch(cfg, model)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = train.dice_bce(model(x), y)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def _run(args, env=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_smoke_run_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    common = ["-m", "training.train", "--smoke", "--out-dir", str(out), "--export", str(out / "e.pt"), "--val-cases", "1"]
+    first = _run([*common, "--max-steps", "2"])
+    assert first.returncode == 0, first.stderr
+    state = torch.load(out / "ckpt.pt", weights_only=False)
+    assert state["step"] == 2
+    second = _run([*common, "--max-steps", "3"])
+    assert second.returncode == 0, second.stderr
+    assert "resumed" in second.stdout and "at step 2" in second.stdout
+    resumed = torch.load(out / "ckpt.pt", weights_only=False)
+    assert resumed["step"] == 3 and resumed["rng"][0] != state["rng"][0]
+    exported = torch.load(out / "e.pt", weights_only=False)
+    model = build_unet(exported["model_config"])
+    model.load_state_dict({k: v.float() for k, v in exported["model"].items()})
+
+
+def test_same_checkpoint_restores_the_same_state(tmp_path):
+    model = build_unet()
+    optim = torch.optim.AdamW(model.parameters())
+    rng = np.random.default_rng(5)
+    rng.random(3)
+    path = tmp_path / "ckpt.pt"
+    train.save_checkpoint(path, model, optim, 7, rng, train.TrainConfig(), distributed=False)
+    ckpt = torch.load(path, weights_only=False)
+    other = build_unet()
+    other.load_state_dict(ckpt["model"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    restored = np.random.default_rng(0)
+    restored.bit_generator.state = ckpt["rng"][0]
+    assert restored.random() == rng.random()
+
+
+def test_two_process_gloo_run(tmp_path):
+    out = tmp_path / "ddp"
+    result = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training.train",
+                   "--smoke", "--threads", "1", "--out-dir", str(out), "--export", str(out / "e.pt"), "--val-cases", "1"],
+                  env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "e.pt").exists() and len(torch.load(out / "ckpt.pt", weights_only=False)["rng"]) == 2
+
+
+def test_manifest_matches_the_weight_files():
+    weights = ROOT / "weights"
+    files = sorted(p.name for p in weights.glob("*.pt"))
+    manifest_path = weights / "MANIFEST.json"
+    if not files:
+        assert not manifest_path.exists() or json.loads(manifest_path.read_text()) == {}
+        return
+    manifest = json.loads(manifest_path.read_text())
+    assert sorted(manifest) == files
+    total = 0
+    for name, item in manifest.items():
+        data = (weights / name).read_bytes()
+        total += len(data)
+        assert hashlib.sha256(data).hexdigest() == item["sha256"] and item["bytes"] == len(data)
+        for key in ("parameters", "steps", "data", "training_config", "training_code_commit", "machine"):
+            assert item.get(key), f"{name}: manifest lacks {key}"
+    assert total <= 50e6

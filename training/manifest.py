@@ -1,0 +1,94 @@
+"""weights/MANIFEST.json: what every weights file is, how it was made, and what it scored.
+
+    python -m training.manifest --scores reports/eval/summary.json   # rewrite after training/eval
+
+Entries are rebuilt from the files themselves (sha256, size, parameters, the metadata the
+exporter stored) plus the run's checkpoint and history (wall time, throughput) and the
+training code's commit; scores come from a harness summary when given, else stay as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from training import real
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
+MANIFEST = WEIGHTS / "MANIFEST.json"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Wall time, throughput and last validation of a training run, from its history.jsonl."""
+    history = run_dir / "history.jsonl"
+    if not history.exists():
+        return {}
+    records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    steps = [r for r in records if "loss" in r]
+    vals = [r for r in records if "val" in r]
+    return {
+        "logged_minutes_this_run": round(steps[-1]["minutes"], 1) if steps else None,
+        "samples_per_s_last": round(steps[-1]["samples_per_s"], 2) if steps else None,
+        "final_loss": round(steps[-1]["loss"], 4) if steps else None,
+        "synthetic_validation_dsc": vals[-1]["val"] if vals else None,
+    }
+
+
+def entry(path: Path, previous: dict) -> dict:
+    weights = torch.load(path, map_location="cpu", weights_only=False)
+    meta = weights["meta"]
+    params = sum(v.numel() for v in weights["model"].values())
+    ckpt = ROOT / "runs" / meta["expert"] / "ckpt.pt"
+    config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"] if ckpt.exists() else None
+    commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "training", "app/models"],
+                            check=False, capture_output=True, text=True).stdout.strip()
+    return {
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "architecture": "UNet3D (app/models/unet3d.py), fp16 storage",
+        "model_config": weights["model_config"],
+        "parameters": params,
+        "expert": meta["expert"],
+        "patch": meta["patch"],
+        "steps": meta["step"],
+        "data": {
+            "generator": f"training/synth.py v{meta['generator_version']} (procedural)",
+            "real_training_cases": list(real.TRAIN),
+            "real_validation_cases_never_trained_on": list(real.VALIDATION),
+        },
+        "training_config": config or previous.get("training_config"),
+        "run": run_summary(ROOT / "runs" / meta["expert"]) or previous.get("run"),
+        "machine": previous.get("machine") or f"{platform.machine()} {platform.processor() or ''} CPU, 2 cores".strip(),
+        "training_code_commit": commit or previous.get("training_code_commit"),
+        "harness_scores": previous.get("harness_scores"),
+    }
+
+
+def write(scores: dict | None = None) -> dict:
+    old = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+    files = sorted(p for p in WEIGHTS.iterdir() if p.suffix == ".pt")
+    manifest = {p.name: entry(p, old.get(p.name, {})) for p in files}
+    for item in manifest.values():
+        if scores is not None:
+            item["harness_scores"] = scores
+    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scores", type=Path, help="a JSON file of harness scores to record")
+    args = parser.parse_args()
+    manifest = write(json.loads(args.scores.read_text()) if args.scores else None)
+    print(json.dumps({k: {"sha256": v["sha256"][:12], "steps": v["steps"]} for k, v in manifest.items()}))
