@@ -44,10 +44,11 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    max_steps: int = 12000          # length of the cosine schedule
+    max_steps: int = 2000           # length of the cosine schedule
     minutes: float = 60.0           # wall-clock budget of this invocation (resume continues)
     max_rounds: int = 5             # prompt rounds replayed before the trained one
     real_fraction: float = 0.1      # share of samples drawn from real labelled cases
+    local_fraction: float = 0.3     # share of local-window samples in a global run (one net, both views)
     device: str = "cpu"
     threads: int = 2
     seed: int = 0
@@ -153,7 +154,8 @@ def make_batch(rng, cfg, model, real_cases, pool: CasePool):
     samples = []
     for _ in range(cfg.batch):
         case = pool.draw(rng, cfg, real_cases)
-        samples.append(global_sample(rng, case, model, cfg) if cfg.expert == "global" else local_sample(rng, case, cfg))
+        local = cfg.expert == "local" or rng.random() < cfg.local_fraction
+        samples.append(local_sample(rng, case, cfg) if local else global_sample(rng, case, model, cfg))
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
