@@ -29,6 +29,7 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check app training harness tests
+	.venv/bin/hadolint Dockerfile
 
 # The official loop replayed on the labelled cases (tests/data/labelled + ../shared/samples/labelled):
 # engine vs baselines, box and no-box; report in reports/eval/. Narrow it with
@@ -36,3 +37,19 @@ lint: setup
 EVAL_ARGS ?=
 eval: setup
 	$(PY) -m harness.eval --both-modes $(EVAL_ARGS)
+
+# Delivery image, on a machine with Docker and docker-squash (pip install docker-squash==1.2.2).
+# Not runnable on the CI machine (no Docker engine): there, `make container-test` builds and
+# runs the same Dockerfile with buildah/podman on a stand-in base.
+TEAM ?= segfm3d
+image:
+	docker build -t $(TEAM):latest .
+	docker-squash -t $(TEAM):latest $(TEAM):latest
+	docker save $(TEAM):latest | gzip -c > $(TEAM).tar.gz
+	ls -l $(TEAM).tar.gz
+
+# Build the image with buildah on a cached stand-in base (root; store in /var/tmp/segfm-ctr) and
+# run it on 3 cases as the organisers do. SQUASH=1 adds the squashed image + gzipped archive.
+SQUASH ?= 0
+container-test: setup
+	SQUASH=$(SQUASH) bash tests/container/container_test.sh
