@@ -53,3 +53,15 @@ image:
 SQUASH ?= 0
 container-test: setup
 	SQUASH=$(SQUASH) bash tests/container/container_test.sh
+
+# Speed and memory of `python -m app` per case (fresh process each): start-up, per-class, total, RSS.
+bench: setup
+	$(PY) -m harness.bench $(BENCH_ARGS)
+
+# Training (resumable: rerun to continue; see training/train.py). CI runs only train-smoke.
+train: setup
+	$(PY) -m training.train --expert global --minutes $(or $(MINUTES),60)
+	$(PY) -m training.manifest
+
+train-smoke: setup
+	$(PY) -m training.train --smoke --out-dir runs/smoke --export runs/smoke/expert.pt
