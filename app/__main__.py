@@ -67,8 +67,10 @@ def predict(path: Path, out: Path, start: float) -> None:
     seconds = deadline_seconds(k)
     log(f"{case.name}: K={k} iteration={case.iteration} shape={case.image.shape} deadline={seconds:.1f}s")
     state = RunState(threading.Lock())
+    provisional = _write_provisional(case, out)
 
     def at_deadline() -> None:
+        provisional.join()
         write_segs(out, salvage(case, state))
         _summary(case, "deadline reached: partial result + fallback", start, out)
 
@@ -82,8 +84,28 @@ def predict(path: Path, out: Path, start: float) -> None:
         labels, how = salvage(case, state), f"{name} failed -> fallback"
     if not watchdog.claim():
         watchdog.join()  # the watchdog is writing; it ends the process
+    provisional.join()
     write_segs(out, labels)
     _summary(case, how, start, out)
+
+
+def _write_provisional(case: Case, out: Path) -> threading.Thread:
+    """Write the prompt-only answer at once, in the background while torch imports.
+
+    A crash that no Python code survives (a segfault, the OOM killer) then still leaves this
+    run's own file instead of a stale one. zlib releases the GIL, so the write overlaps the
+    import; every later write joins this thread first, so the provisional file never lands last.
+    """
+
+    def write() -> None:
+        try:
+            write_segs(out, fallback.fallback_labels(case))
+        except Exception as e:  # noqa: BLE001 (the final write will still be tried)
+            log(f"{case.name}: provisional write failed ({type(e).__name__}: {e})")
+
+    thread = threading.Thread(target=write, name="provisional-write", daemon=True)
+    thread.start()
+    return thread
 
 
 def log(message: str) -> None:

@@ -47,7 +47,19 @@ def all_ones(case, state, deadline):
 
 
 def gil_hang(case, state, deadline):
-    """Holds the GIL in C (catastrophic regex backtracking): the watchdog thread cannot run."""
+    """Holds the GIL in C (catastrophic regex backtracking): the watchdog thread cannot run.
+
+    It first works for a second, as a real engine would, so the provisional write is done."""
     import re
 
+    time.sleep(1)
     re.match(r"(a+)+$", "a" * 40 + "b")
+
+
+def killed(case, state, deadline):
+    """Dies like an engine taken by the OOM killer: no Python code runs after this."""
+    import os
+    import signal
+
+    time.sleep(1)
+    os.kill(os.getpid(), signal.SIGKILL)

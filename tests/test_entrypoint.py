@@ -175,16 +175,32 @@ def test_watchdog_beats_a_hanging_engine(tmp_path, engine):
 
 
 def test_native_last_resort_ends_a_gil_bound_hang(tmp_path):
-    """No file can be written without the GIL, but the run must still end (status 1, stacks on stderr)."""
+    """Nothing can be written without the GIL, but the run must still end (status 1, stacks on
+    stderr), and the provisional prompt-only file written at start-up is there."""
     from app.watchdog import HARD_GRACE_S
 
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     write(in_dir / "a.npz", boxes=BOXES)
-    result, seconds = _run_app(in_dir, out_dir, "tests.engines:gil_hang", deadline_s=0.5)
+    result, seconds = _run_app(in_dir, out_dir, "tests.engines:gil_hang", deadline_s=1.5)
     assert result.returncode == 1 and "Timeout" in result.stderr and "gil_hang" in result.stderr
-    assert seconds < 0.5 + HARD_GRACE_S + 3
-    assert not (out_dir / "a.npz").exists()
+    assert seconds < 1.5 + HARD_GRACE_S + 3
+    _assert_fallback_only(segs(out_dir / "a.npz"))
+
+
+def test_a_killed_engine_leaves_the_provisional_file(tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    write(in_dir / "a.npz", boxes=BOXES)
+    result, _ = _run_app(in_dir, out_dir, "tests.engines:killed", deadline_s=30)
+    assert result.returncode == -9
+    _assert_fallback_only(segs(out_dir / "a.npz"))
+
+
+def _assert_fallback_only(out):
+    """Box cuboids only: class 2's small box painted over class 1's whole-image box."""
+    assert out.shape == SHAPE and out.dtype == np.uint8
+    assert (out[3:6, 6:10, 5:9] == 2).all() and (out == 2).sum() == 48 and (out == 1).sum() == out.size - 48
 
 
 def test_predict_sh(tmp_path):
