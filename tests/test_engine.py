@@ -129,9 +129,10 @@ def test_streaming_fusion_equals_the_dense_formula():
 def _view(box=True, prev=False, fg=(), bg=(), order=()):
     prompts = ClassPrompts(Box(2, 5, 3, 2, 5, 2, 5) if box else None, list(fg), list(bg), list(order))
     b = (np.array([2, 2, 2]), np.array([5, 5, 5])) if box else None
-    p = np.zeros((8, 8, 8), bool)
-    p[3, 3, 3] = True
-    return engine.ClassView(1, prompts, b, p if prev else None)
+    prev_pred = np.zeros((8, 8, 8), np.uint8)
+    prev_pred[3, 3, 3] = 1
+    region = (slice(3, 4),) * 3 if prev else None
+    return engine.ClassView(1, prompts, b, region, prev_pred if prev else None)
 
 
 def test_routing_rules():
@@ -214,6 +215,20 @@ def test_frozen_class_keeps_prev_pred_exactly():
     case.prompts[1].bg = [(4, 3, 3)]
     out = engine.run(case, None, deadline=1e9, experts=(BoxExpert(), None))
     assert np.array_equal(out == 1, prev == 1)
+
+
+def test_class_views_find_previous_masks_without_a_volume_per_class():
+    case = _case(k=3)
+    prev = np.zeros(case.image.shape, np.uint8)
+    prev[2:5, 1:3, 0:2] = 1
+    prev[7, 8, 9] = 3
+    case.prev_pred = prev
+    views = engine.class_views(case)
+    assert [v.has_prev for v in views] == [True, False, True]
+    assert np.array_equal(views[0].prev_mask(), prev == 1)
+    lo, hi = views[2].bounds()
+    box = case.prompts[2].box
+    assert tuple(lo) == (box.z_min, box.y_min, box.x_min) and tuple(hi) == (7, 8, 9)
 
 
 def test_without_weights_the_engine_falls_back_to_prompts():
