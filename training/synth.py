@@ -215,3 +215,35 @@ def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
         return generate(rng, look)
     image = render(rng, labels, body, spacing, look)
     return SynthCase(image, labels, spacing, look, no_box=scene in (vessel_scene, cell_scene))
+
+
+MODALITY_PREFIX = {"ct": "CT", "mr": "MR", "pet": "PET", "us": "US", "microscopy": "Microscopy"}
+VALIDATION_SEED = 2 * 10**9  # far from every stream training draws from
+
+
+def write_labelled(case: SynthCase, path) -> None:
+    """A case as a challenge training file: imgs, gts, spacing in the stored (x, y, z) order."""
+    np.savez_compressed(path, imgs=case.image, gts=case.labels, spacing=case.spacing[::-1].copy())
+
+
+def main(argv=None) -> None:
+    """Write synthetic validation cases (one look after another) for the harness."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("reports/synth_val"))
+    parser.add_argument("--cases", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=VALIDATION_SEED)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i in range(args.cases):
+        look = LOOKS[i % len(LOOKS)]
+        case = generate(np.random.default_rng(args.seed + i), look)
+        path = args.out / f"{MODALITY_PREFIX[look]}_synth{i:02d}.npz"
+        write_labelled(case, path)
+        print(f"{path} {case.image.shape} K={case.labels.max()} no_box={case.no_box}")
+
+
+if __name__ == "__main__":
+    main()
