@@ -50,12 +50,12 @@ def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev:
     image: (D, H, W) tensor of the whole image (any dtype); box: inclusive (lo, hi) or None;
     fg/bg: (z, y, x) clicks in image voxels; prev: (D, H, W) binary mask of the class or None.
     """
-    channels = [normalise(to_patch(crop(image[None].float(), roi), roi)[0])]
+    channels = [normalise(to_patch(crop(image[None], roi).float(), roi)[0])]  # crop first: the volume may be large
     channels.append(box_channel(roi, *box) if box is not None else torch.zeros(roi.patch))
     channels.append(click_channel(roi, fg, spacing))
     channels.append(click_channel(roi, bg, spacing))
     if prev is None:
         channels.append(torch.zeros(roi.patch))
     else:
-        channels.append((to_patch(crop(prev[None].float(), roi), roi)[0] > 0.5).float())
+        channels.append((to_patch(crop(prev[None], roi).float(), roi)[0] > 0.5).float())
     return torch.stack([c.to(channels[0].device) for c in channels])
