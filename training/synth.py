@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # v2: tissue scenes (interleaved intensity-defined classes, cortex-like ribbons)
 LOOKS = ("ct", "mr", "pet", "us", "microscopy")
 
 
@@ -145,6 +145,24 @@ def cell_scene(rng, shape, spacing):
     return _relabel(labels), np.ones(shape, bool)
 
 
+def tissue_scene(rng, shape, spacing):
+    """Interleaved classes defined by the levels of a smooth field inside a body, sometimes with
+    a folded ribbon at its surface (brain tissue, parcellations): the box says little here,
+    the intensity says much, as in real multi-class MR."""
+    extent = np.asarray(shape) * spacing
+    body = blob(rng, shape, spacing, extent / 2, extent * rng.uniform(0.35, 0.5, 3), 0.2)
+    field = smooth_noise(rng, shape, int(rng.integers(4, 12))) + 0.5 * smooth_noise(rng, shape, int(rng.integers(12, 24)))
+    k = int(rng.integers(2, 6))
+    levels = np.quantile(field[body], np.linspace(0, 1, k + 1)[1:-1]) if body.any() else []
+    labels = (np.digitize(field, levels) + 1).astype(np.uint8)
+    labels[~body] = 0
+    if rng.random() < 0.5:
+        depth = edt.edt(body.astype(np.uint8), anisotropy=tuple(float(s) for s in spacing), parallel=1)
+        thickness = rng.uniform(1.5, 4.0) * spacing[1:].mean() * (1 + 0.6 * smooth_noise(rng, shape, 10))
+        labels[body & (depth < thickness)] = k + 1
+    return _relabel(labels), body
+
+
 def _unit(v):
     v = np.asarray(v, float)
     return v / (np.linalg.norm(v) + 1e-8)
@@ -159,11 +177,11 @@ def _relabel(labels):
     return lut[labels]
 
 
-def render(rng, labels, body, spacing, look: str) -> np.ndarray:
+def render(rng, labels, body, spacing, look: str, may_share: bool = True) -> np.ndarray:
     """Intensities for a label map: per-class means (sometimes shared), texture, look-specific physics."""
     shape = labels.shape
     k = int(labels.max())
-    shared = rng.random() < 0.45
+    shared = may_share and rng.random() < 0.45
     means = np.full(k + 1, rng.uniform(0.2, 0.8)) if shared else rng.uniform(0.1, 0.95, k + 1)
     if shared:
         means[1:] += rng.normal(0, 0.03, k)
@@ -207,13 +225,15 @@ def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
         scene = cell_scene
     elif roll < 0.2 and look in ("ct", "mr"):
         scene = vessel_scene
+    elif roll < (0.45 if look == "mr" else 0.3):
+        scene = tissue_scene
     else:
         scene = organ_scene
     shape, spacing = random_grid(rng, thick_slices=look in ("ct", "mr", "pet") and rng.random() < 0.5)
     labels, body = scene(rng, shape, spacing)
     if labels.max() == 0:
         return generate(rng, look)
-    image = render(rng, labels, body, spacing, look)
+    image = render(rng, labels, body, spacing, look, may_share=scene is not tissue_scene)
     return SynthCase(image, labels, spacing, look, no_box=scene in (vessel_scene, cell_scene))
 
 
