@@ -14,6 +14,7 @@ back (prev_pred, then box) exactly like the watchdog's salvage.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from app.watchdog import RunState
 
 MAX_REGROW = 2          # extra global passes when the object runs out of its RoI
 BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam
-TIME_SAFETY = 1.5       # a class starts only if 1.5 x its expected cost fits
+TIME_SAFETY = 1.5       # a class (or refinement window) starts only if 1.5 x its expected cost fits
+REFINE_SHARE = 0.7      # refinement may use this part of a class's fair share of the time left
 
 
 @dataclass
@@ -167,6 +169,27 @@ class ClassCanvas:
         return out
 
 
+def boundary_tiles(canvas: ClassCanvas, patch) -> list[tuple[int, int, int]]:
+    """Window centres on a grid (3/4-patch stride) over the mask, those holding most boundary first."""
+    if not canvas.probs.numel():
+        return []
+    mask = (canvas.probs > 0.5).numpy()
+    edge = mask ^ ndimage.binary_erosion(mask)
+    if not edge.any():
+        return []
+    counts = []
+    stride = [max(1, 3 * p // 4) for p in patch]
+    where = np.argwhere(edge)
+    lo, hi = where.min(0), where.max(0)
+    axes = [np.arange(a + s // 2, b + s // 2 + 1, s) for a, b, s in zip(lo, hi, stride)]
+    for centre in np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3):
+        window = tuple(slice(max(c - p // 2, 0), c + p // 2) for c, p in zip(centre, patch))
+        n = int(edge[window].sum())
+        if n:
+            counts.append((n, tuple(int(c + o) for c, o in zip(centre, canvas.lo))))
+    return [c for _, c in sorted(counts, reverse=True)]
+
+
 def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
     """1 inside, falling linearly to ~0 at the window faces: the local paste's blend weight."""
     ramps = [torch.clamp(torch.minimum(torch.arange(n) + 1, n - torch.arange(n)).float() / width, 0, 1) for n in size]
@@ -176,27 +199,53 @@ def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
 class ClassSegmenter:
     """Runs the experts for one class at a time on one case's image."""
 
-    def __init__(self, case: Case, global_expert: Expert, local_expert: Expert | None):
+    def __init__(self, case: Case, global_expert: Expert, local_expert: Expert | None,
+                 clock=time.monotonic, refine: bool = True):
+        self.clock, self.refine = clock, refine
         self.image = torch.from_numpy(case.image)
         self.spacing = case.spacing
         self.shape = case.image.shape
         self.global_expert = global_expert
         self.local_expert = local_expert or global_expert  # the global net on a native window
 
-    def segment(self, view: ClassView) -> tuple[ClassCanvas, tuple[str, ...]]:
-        """The class's probabilities and the experts that produced them."""
+    def segment(self, view: ClassView, until: float = float("inf")) -> tuple[ClassCanvas, tuple[str, ...], float]:
+        """The class's probabilities, the experts that produced them and the seconds they took.
+
+        Time left before `until` goes to refinement: native-resolution local windows along the
+        boundary of a mask the global expert drew zoomed out (nnInteractive-style refinement).
+        """
+        started = self.clock()
         canvas = ClassCanvas(self.shape)
+        p = view.prompts
         bounds = view.bounds()
         roi = roi_around(*bounds, self.global_expert.patch) if bounds is not None else None
         steps = route(view, roi)
+        zoomed = False
         for step in steps:
             if step == "global":
-                self._global(canvas, view, bounds)
+                zoomed = self._global(canvas, view, bounds)
             else:
-                self._local(canvas, view)
-        return canvas, steps
+                self._local(canvas, view, p.newest_click[0] if p.newest_click is not None else p.fg[-1])
+        base = self.clock() - started
+        if zoomed and self.refine:
+            tiles = self._refine(canvas, view, until)
+            steps = (*steps, f"refine[{tiles}]")
+        return canvas, steps, base
 
-    def _global(self, canvas: ClassCanvas, view: ClassView, bounds) -> None:
+    def _refine(self, canvas: ClassCanvas, view: ClassView, until: float) -> int:
+        """Local windows on the mask's boundary, most boundary first, while time allows."""
+        done, slowest = 0, 0.0
+        for centre in boundary_tiles(canvas, self.local_expert.patch):
+            if self.clock() + TIME_SAFETY * slowest > until:
+                break
+            started = self.clock()
+            self._local(canvas, view, centre)
+            slowest = max(slowest, self.clock() - started)
+            done += 1
+        return done
+
+    def _global(self, canvas: ClassCanvas, view: ClassView, bounds) -> bool:
+        """Global passes (regrown while the object runs out of the RoI); True when zoomed out."""
         p = view.prompts
         prev = view.prev_mask() if view.has_prev else (canvas.mask_full() if canvas.probs.numel() else None)
         if not view.has_prev and prev is not None:
@@ -208,13 +257,13 @@ class ClassSegmenter:
             canvas.put(logits, roi)
             mask = (logits > 0).numpy()
             if not touches_open_side(mask, roi, self.shape):
-                return
+                break
             bounds = grown_bounds(mask, roi, *bounds)
+        return roi.zoomed
 
-    def _local(self, canvas: ClassCanvas, view: ClassView) -> None:
+    def _local(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
         p = view.prompts
-        newest = p.newest_click[0] if p.newest_click is not None else p.fg[-1]
-        roi = window_at(newest, self.local_expert.patch)
+        roi = window_at(centre, self.local_expert.patch)
         prev = torch.from_numpy(canvas.mask_on(roi))
         full_prev = torch.zeros(self.shape, dtype=torch.bool)
         img_sl, crop_sl = roi.image_slices(self.shape)
@@ -249,15 +298,17 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     if state is not None:
         with state.lock:
             state.partial, state.done = current, set(done)
-    segmenter = ClassSegmenter(case, global_expert, local_expert)
+    segmenter = ClassSegmenter(case, global_expert, local_expert, clock, os.environ.get("SEGFM_REFINE", "1") != "0")
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
-    slowest = 0.0
-    for view in schedule(views):
-        if clock() + TIME_SAFETY * slowest > deadline - reserve:
+    slowest = 0.0  # the slowest class without refinement: what a class is sure to need
+    todo = schedule(views)
+    for i, view in enumerate(todo):
+        now = clock()
+        if now + TIME_SAFETY * slowest > deadline - reserve:
             log(f"{case.name}: time is short: class {view.label} and later ones fall back")
             break
-        started = clock()
-        canvas, steps = segmenter.segment(view)
+        fair_share = (deadline - reserve - now) / (len(todo) - i)
+        canvas, steps, base = segmenter.segment(view, until=now + REFINE_SHARE * fair_share)
         if state is not None:
             with state.lock:
                 fusion.add(view.label, canvas.probs, canvas.region())
@@ -265,9 +316,8 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
         else:
             fusion.add(view.label, canvas.probs, canvas.region())
         done.add(view.label)
-        took = clock() - started
-        slowest = max(slowest, took)
-        log(f"{case.name}: class {view.label} {'+'.join(steps) or 'nothing to go on'} {took:.2f}s")
+        slowest = max(slowest, base)
+        log(f"{case.name}: class {view.label} {'+'.join(steps) or 'nothing to go on'} {clock() - now:.2f}s")
     return fallback_labels(case, current(), done)
 
 

@@ -256,3 +256,30 @@ def test_many_classes_complete(k):
     case.prompts = [ClassPrompts(Box(1, 3, 2, 1, 4, c % 30, c % 30 + 2), [], [], []) for c in range(k)]
     out = engine.run(case, RunState(threading.Lock()), deadline=1e9, experts=(BoxExpert(), None))
     assert out.shape == case.image.shape and out.max() <= k
+
+
+# ----------------------------------------------------------------------------- refinement
+def test_boundary_tiles_cover_the_edge_most_boundary_first():
+    canvas = engine.ClassCanvas((40, 40, 40))
+    canvas.lo, canvas.hi = np.array([5, 5, 5]), np.array([35, 35, 35])
+    canvas.probs = torch.zeros(30, 30, 30)
+    canvas.probs[5:25, 5:25, 5:25] = 1.0
+    tiles = engine.boundary_tiles(canvas, (8, 8, 8))
+    assert tiles
+    for z, y, x in tiles:  # every window centre is near the cube's surface (image coords 10..29)
+        assert all(10 - 4 <= v <= 29 + 4 for v in (z, y, x))
+    assert engine.boundary_tiles(engine.ClassCanvas((4, 4, 4)), (8, 8, 8)) == []
+
+
+def test_refinement_runs_only_when_zoomed_and_while_time_allows():
+    case = _case(k=1, shape=(32, 32, 32))
+    case.prompts[0].box = Box(2, 29, 15, 2, 29, 2, 29)  # larger than the 8^3 patch: zoomed
+    view = engine.class_views(case)[0]
+    expert = BoxExpert()
+    segmenter = engine.ClassSegmenter(case, expert, None)
+    _, steps, _ = segmenter.segment(view)
+    assert steps[0] == "global" and steps[-1].startswith("refine[") and steps[-1] != "refine[0]"
+    _, steps, _ = segmenter.segment(view, until=0.0)
+    assert steps[-1] == "refine[0]"
+    _, steps, _ = engine.ClassSegmenter(case, expert, None, refine=False).segment(view)
+    assert steps == ("global",)
