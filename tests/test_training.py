@@ -33,6 +33,16 @@ def test_generator_is_deterministic_and_labels_are_sane(look):
     assert a.no_box == (look == "microscopy") or look in ("ct", "mr")
 
 
+def test_tissue_scene_interleaves_classes_inside_the_body():
+    rng = np.random.default_rng(2)
+    spacing = np.array([2.0, 1.0, 1.0])
+    labels, body = synth.tissue_scene(rng, (32, 48, 48), spacing)
+    assert labels.max() >= 2 and not labels[~body].any()
+    image = synth.render(rng, labels, body, spacing, "mr", may_share=False)
+    means = [image[labels == k].mean() for k in range(1, labels.max() + 1)]
+    assert len(set(np.round(means))) == len(means)  # distinct intensities: the classes are visible
+
+
 def test_clicks_land_on_the_error_with_the_right_sign():
     rng = np.random.default_rng(0)
     truth = np.zeros((20, 20, 20), bool)
