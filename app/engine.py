@@ -35,6 +35,9 @@ MAX_REGROW = 2          # extra global passes when the object runs out of its Ro
 BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam
 TIME_SAFETY = 1.5       # a class (or refinement window) starts only if 1.5 x its expected cost fits
 REFINE_SHARE = 0.7      # refinement may use this part of a class's fair share of the time left
+CONFINE_FACTOR = 2.0    # with SEGFM_CLICK_LOCAL=1 a click may change the mask within 2 x its error radius
+CONFINE_SLACK_MM = 3.0  # ... plus this, with a soft edge of the same width
+CONFINE_REACH_MM = 60.0
 
 
 @dataclass
@@ -190,6 +193,35 @@ def boundary_tiles(canvas: ClassCanvas, patch) -> list[tuple[int, int, int]]:
     return [c for _, c in sorted(counts, reverse=True)]
 
 
+def error_radius_mm(prev: np.ndarray, click, spacing, reach_mm: float = CONFINE_REACH_MM) -> float:
+    """Distance from the click to the nearest voxel whose previous state differs, in mm.
+
+    The official click sits at the deepest point of the largest error, so this is about
+    that error's radius. Measured on a crop around the click; `reach_mm` when nothing differs.
+    """
+    spacing = np.asarray(spacing, float)
+    half = np.ceil(reach_mm / spacing).astype(int)
+    sl = tuple(slice(max(c - h, 0), c + h + 1) for c, h in zip(click, half))
+    crop = prev[sl]
+    local = tuple(c - s.start for c, s in zip(click, sl))
+    same = crop == crop[local]
+    if same.all():
+        return reach_mm
+    return float(min(ndimage.distance_transform_edt(same, sampling=spacing)[local], reach_mm))
+
+
+def confine_to_click(canvas: ClassCanvas, view: ClassView, spacing) -> None:
+    """Keep the previous mask except in a ball around the newest click sized by the error it marks."""
+    click = view.prompts.newest_click[0]
+    prev = view.prev_mask()
+    radius = CONFINE_FACTOR * error_radius_mm(prev, click, spacing) + CONFINE_SLACK_MM
+    coords = [(np.arange(lo, hi) - c) * s for lo, hi, c, s in zip(canvas.lo, canvas.hi, click, spacing)]
+    dist = np.sqrt(coords[0][:, None, None] ** 2 + coords[1][None, :, None] ** 2 + coords[2][None, None, :] ** 2)
+    weight = torch.from_numpy(np.clip((radius + CONFINE_SLACK_MM - dist) / CONFINE_SLACK_MM, 0, 1).astype(np.float32))
+    kept = torch.from_numpy(prev[canvas.region()].astype(np.float32))
+    canvas.probs = weight * canvas.probs + (1 - weight) * kept
+
+
 def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
     """1 inside, falling linearly to ~0 at the window faces: the local paste's blend weight."""
     ramps = [torch.clamp(torch.minimum(torch.arange(n) + 1, n - torch.arange(n)).float() / width, 0, 1) for n in size]
@@ -200,8 +232,8 @@ class ClassSegmenter:
     """Runs the experts for one class at a time on one case's image."""
 
     def __init__(self, case: Case, global_expert: Expert, local_expert: Expert | None,
-                 clock=time.monotonic, refine: bool = True):
-        self.clock, self.refine = clock, refine
+                 clock=time.monotonic, refine: bool = True, click_local: bool = False):
+        self.clock, self.refine, self.click_local = clock, refine, click_local
         self.image = torch.from_numpy(case.image)
         self.spacing = case.spacing
         self.shape = case.image.shape
@@ -230,6 +262,9 @@ class ClassSegmenter:
         if zoomed and self.refine:
             tiles = self._refine(canvas, view, until)
             steps = (*steps, f"refine[{tiles}]")
+        if self.click_local and view.has_prev and p.has_new_click:
+            confine_to_click(canvas, view, self.spacing)
+            steps = (*steps, "confined")
         return canvas, steps, base
 
     def _refine(self, canvas: ClassCanvas, view: ClassView, until: float) -> int:
@@ -298,7 +333,9 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     if state is not None:
         with state.lock:
             state.partial, state.done = current, set(done)
-    segmenter = ClassSegmenter(case, global_expert, local_expert, clock, os.environ.get("SEGFM_REFINE", "1") != "0")
+    segmenter = ClassSegmenter(case, global_expert, local_expert, clock,
+                               refine=os.environ.get("SEGFM_REFINE", "1") != "0",
+                               click_local=os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1")
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class without refinement: what a class is sure to need
     todo = schedule(views)

@@ -69,6 +69,7 @@ def summary_markdown(records: list[dict]) -> str:
     per_modality = [([lb[0], lb[1], lb[2].split(":", 1)[1], lb[3]], v) for lb, v in per_modality]
     per_case = [([r["case"], r["mode"], r["predictor"], _flags(r)], r) for r in records]
     over = [f"{r['case']} {r['mode']} {r['predictor']}" for r in records if r["over_budget"]]
+    lowered = [f"{mode} {name} {low}/{total}" for (mode, name), (low, total) in clicks_that_lowered_dsc(records).items()]
     return "\n\n".join([
         "# Evaluation summary",
         ("DSC/NSD: mean over ground-truth classes; AUC over clicks 1..5 (max 4); NSD at 2 mm with the "
@@ -77,7 +78,24 @@ def summary_markdown(records: list[dict]) -> str:
         "## Per modality", table(per_modality, ["modality", "mode", "predictor", "cases"]),
         "## Per case", table(per_case, ["case", "mode", "predictor", "flags"]),
         "Over the time budget: " + (", ".join(over) if over else "none"),
+        "Clicks after which the clicked class's DSC fell: " + (", ".join(lowered) if lowered else "none"),
     ]) + "\n"
+
+
+def clicks_that_lowered_dsc(records: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(mode, predictor) -> (clicks after which the clicked class's DSC fell, clicks given)."""
+    counts = defaultdict(lambda: [0, 0])
+    for rec in records:
+        dsc = {it["iteration"]: it.get("dsc_per_class") for it in rec["iterations"]}
+        for i in range(1, 6):
+            if dsc.get(i) is None or dsc.get(i - 1) is None:
+                continue
+            for c, order in enumerate(rec["clicks_order"]):
+                if len(order) >= i and order[i - 1] is not None and c < len(dsc[i]):
+                    key = (rec["mode"], rec["predictor"])
+                    counts[key][1] += 1
+                    counts[key][0] += dsc[i][c] < dsc[i - 1][c] - 1e-9
+    return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
 def _flags(record: dict) -> str:

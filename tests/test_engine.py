@@ -283,3 +283,19 @@ def test_refinement_runs_only_when_zoomed_and_while_time_allows():
     assert steps[-1] == "refine[0]"
     _, steps, _ = engine.ClassSegmenter(case, expert, None, refine=False).segment(view)
     assert steps == ("global",)
+
+
+def test_click_confinement_changes_the_mask_only_near_the_click():
+    prev_pred = np.zeros((30, 30, 30), np.uint8)
+    prev_pred[5:15, 5:15, 5:15] = 1
+    click = (10, 10, 17)  # 3 voxels outside the cube's x face: error radius 3 mm
+    assert engine.error_radius_mm(prev_pred == 1, click, (1.0, 1.0, 1.0)) == 3.0
+    prompts = ClassPrompts(None, [click], [], ["fg"])
+    view = engine.ClassView(1, prompts, None, (slice(5, 15),) * 3, prev_pred)
+    canvas = engine.ClassCanvas(prev_pred.shape)
+    canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
+    canvas.probs = torch.ones(30, 30, 30)  # the network wants everything
+    engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
+    assert canvas.probs[10, 10, 17] == 1 and canvas.probs[10, 10, 25] == 1  # within 2 x 3 + 3 mm
+    assert canvas.probs[29, 29, 29] == 0 and canvas.probs[0, 0, 0] == 0  # far away: the previous mask
+    assert canvas.probs[6, 6, 6] == 1  # inside the previous mask it stays
