@@ -307,8 +307,12 @@ class ClassSegmenter:
         canvas.put(logits, roi, None if not canvas.probs.numel() else border_ramp(roi.size))
 
 
-def run(case: Case, state: RunState | None, deadline: float, experts=None, clock=time.monotonic) -> np.ndarray:
-    """The engine behind `python -m app` (signature fixed by app.__main__)."""
+def run(case: Case, state: RunState | None, deadline: float, experts=None, clock=time.monotonic,
+        refine: bool | None = None, click_local: bool | None = None) -> np.ndarray:
+    """The engine behind `python -m app` (signature fixed by app.__main__).
+
+    refine / click_local default to SEGFM_REFINE (on) and SEGFM_CLICK_LOCAL (off).
+    """
     loading = clock()
     global_expert, local_expert = experts if experts is not None else load_experts()
     log(f"{case.name}: experts ready in {clock() - loading:.2f}s")
@@ -333,9 +337,11 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     if state is not None:
         with state.lock:
             state.partial, state.done = current, set(done)
-    segmenter = ClassSegmenter(case, global_expert, local_expert, clock,
-                               refine=os.environ.get("SEGFM_REFINE", "1") != "0",
-                               click_local=os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1")
+    if refine is None:
+        refine = os.environ.get("SEGFM_REFINE", "1") != "0"
+    if click_local is None:
+        click_local = os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1"
+    segmenter = ClassSegmenter(case, global_expert, local_expert, clock, refine=refine, click_local=click_local)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class without refinement: what a class is sure to need
     todo = schedule(views)

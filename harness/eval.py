@@ -23,6 +23,8 @@ PREDICTORS = {
     "boxfill": "harness.baselines:boxfill",
     "boxfill_clicks": "harness.baselines:boxfill_clicks",
     "classical": "harness.classical:run",
+    "engine_no_refine": "harness.baselines:engine_no_refine",
+    "engine_click_local": "harness.baselines:engine_click_local",
 }
 DATA_DIRS = [loop.REPO / "tests/data/labelled", loop.REPO.parent / "shared/samples/labelled"]
 
@@ -70,7 +72,7 @@ def _run_job(args) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--predictor", default=",".join(PREDICTORS),
+    ap.add_argument("--predictor", default="engine,boxfill,boxfill_clicks,classical",
                     help=f"comma list of {list(PREDICTORS)} or module:function")
     ap.add_argument("--cases", help="comma list of case names (file stems); default all")
     ap.add_argument("--data", nargs="+", type=Path, default=DATA_DIRS, help="folders of labelled npz")
