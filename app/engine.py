@@ -35,7 +35,7 @@ MAX_REGROW = 2          # extra global passes when the object runs out of its Ro
 BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam
 TIME_SAFETY = 1.5       # a class (or refinement window) starts only if 1.5 x its expected cost fits
 REFINE_SHARE = 0.7      # refinement may use this part of a class's fair share of the time left
-CONFINE_FACTOR = 2.0    # with SEGFM_CLICK_LOCAL=1 a click may change the mask within 2 x its error radius
+CONFINE_FACTOR = 2.0    # with click confinement a click may change the mask within 2 x its error radius
 CONFINE_SLACK_MM = 3.0  # ... plus this, with a soft edge of the same width
 CONFINE_REACH_MM = 60.0
 
@@ -311,7 +311,8 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
         refine: bool | None = None, click_local: bool | None = None) -> np.ndarray:
     """The engine behind `python -m app` (signature fixed by app.__main__).
 
-    refine / click_local default to SEGFM_REFINE (on) and SEGFM_CLICK_LOCAL (off).
+    refine / click_local default to SEGFM_REFINE and SEGFM_CLICK_LOCAL, both off: on the
+    harness neither raised DSC (see README, Engine), and refinement costs most of the time.
     """
     loading = clock()
     global_expert, local_expert = experts if experts is not None else load_experts()
@@ -338,7 +339,7 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
         with state.lock:
             state.partial, state.done = current, set(done)
     if refine is None:
-        refine = os.environ.get("SEGFM_REFINE", "1") != "0"
+        refine = os.environ.get("SEGFM_REFINE", "0") == "1"
     if click_local is None:
         click_local = os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1"
     segmenter = ClassSegmenter(case, global_expert, local_expert, clock, refine=refine, click_local=click_local)

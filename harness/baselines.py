@@ -63,11 +63,11 @@ def boxfill_clicks(case, state=None, deadline=None) -> np.ndarray:
     return segs
 
 
-def engine_no_refine(case, state, deadline):
-    """Ablation: the engine without boundary refinement."""
+def engine_refine(case, state, deadline):
+    """Ablation: the engine with boundary refinement (native local windows along the mask)."""
     from app import engine
 
-    return engine.run(case, state, deadline, refine=False)
+    return engine.run(case, state, deadline, refine=True)
 
 
 def engine_click_local(case, state, deadline):
