@@ -35,3 +35,26 @@ def grown_bounds(mask: np.ndarray, roi: Roi, lo, hi):
         return np.asarray(lo), np.asarray(hi)
     start = np.asarray(roi.start)
     return np.minimum(lo, found[0] + start), np.maximum(hi, found[1] + start)
+
+
+def intensity_box(image: np.ndarray, spacing, click, reach_mm: float = 40.0):
+    """A first box for a class known only by a positive click: the bounding box of the
+    connected region of intensity like the click's (paper 002's intensity candidate, made
+    local), or None when that region is not an object (it floods most of the search crop).
+    """
+    from scipy import ndimage
+
+    half = np.maximum(np.ceil(reach_mm / np.asarray(spacing, float)).astype(int), 2)
+    sl = tuple(slice(max(c - h, 0), c + h + 1) for c, h in zip(click, half))
+    crop = ndimage.gaussian_filter(image[sl].astype(np.float32), 1.0)
+    local = tuple(c - s.start for c, s in zip(click, sl))
+    near = crop[tuple(slice(max(v - 2, 0), v + 3) for v in local)]
+    tolerance = max(3.0 * float(near.std()), 12.0)
+    similar = ndimage.binary_closing(np.abs(crop - float(near.mean())) <= tolerance, iterations=1)
+    regions, _ = ndimage.label(similar)
+    region = regions == regions[local]
+    if not regions[local] or region.mean() > 0.5:
+        return None
+    lo, hi = bounding_box(region)
+    start = np.array([s.start for s in sl])
+    return lo + start, hi + start

@@ -299,3 +299,13 @@ def test_click_confinement_changes_the_mask_only_near_the_click():
     assert canvas.probs[10, 10, 17] == 1 and canvas.probs[10, 10, 25] == 1  # within 2 x 3 + 3 mm
     assert canvas.probs[29, 29, 29] == 0 and canvas.probs[0, 0, 0] == 0  # far away: the previous mask
     assert canvas.probs[6, 6, 6] == 1  # inside the previous mask it stays
+
+
+def test_intensity_box_finds_a_bright_blob_and_refuses_a_flood():
+    from app.autobox import intensity_box
+
+    image = np.full((30, 40, 40), 40, np.uint8)
+    image[10:16, 12:22, 15:30] = 200
+    lo, hi = intensity_box(image, (1.0, 1.0, 1.0), (12, 16, 20))
+    assert np.all(np.abs(lo - (10, 12, 15)) <= 1) and np.all(np.abs(hi - (15, 21, 29)) <= 1)
+    assert intensity_box(image, (1.0, 1.0, 1.0), (25, 5, 5)) is None  # background floods the crop
