@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -363,13 +364,11 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
             break
         fair_share = (deadline - reserve - now) / (len(todo) - i)
         canvas, steps, base = segmenter.segment(view, until=now + REFINE_SHARE * fair_share)
-        if state is not None:
-            with state.lock:
-                fusion.add(view.label, canvas.probs, canvas.region())
-                state.done.add(view.label)
-        else:
+        with state.lock if state is not None else nullcontext():
             fusion.add(view.label, canvas.probs, canvas.region())
-        done.add(view.label)
+            done.add(view.label)
+            if state is not None:
+                state.done.add(view.label)
         slowest = max(slowest, base)
         log(f"{case.name}: class {view.label} {'+'.join(steps) or 'nothing to go on'} {clock() - now:.2f}s")
     return fallback_labels(case, current(), done)
