@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.official import error_click
+
 ROOT = Path(__file__).resolve().parents[1]
 AMOS = ROOT.parent / "shared" / "samples" / "inputs" / "CT_AMOS_amos_0018.npz"
 
@@ -63,8 +65,6 @@ def no_box_case(tmp: Path) -> Path:
     """The breast lesion as a no-box first click: zero prev_pred, one fg click at the lesion's centre."""
     with np.load(ROOT / "tests/data/labelled/MR_PyRadiomics_breast1.npz") as data:
         image, gts, spacing = data["imgs"], data["gts"], data["spacing"]
-    from harness.official import error_click
-
     zyx, _ = error_click(np.zeros_like(gts, bool), gts == 1)
     clicks = np.empty(1, object)
     clicks[0] = {"fg": [list(zyx)], "bg": []}
