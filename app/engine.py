@@ -30,7 +30,7 @@ from app.fallback import fallback_labels
 from app.io import Case, ClassPrompts
 from app.postprocess import StreamingFusion
 from app.roi import Roi, prompt_bounds, roi_around, window_at
-from app.watchdog import RunState
+from app.state import RunState
 
 MAX_REGROW = 2          # extra global passes when the object runs out of its RoI
 BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam

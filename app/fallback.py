@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.state import RunState
+
 if TYPE_CHECKING:
     from app.io import Case
-    from app.watchdog import RunState
 
 
 def fallback_labels(case: Case, base: np.ndarray | None = None, skip: frozenset[int] | set[int] = frozenset()) -> np.ndarray:

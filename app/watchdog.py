@@ -28,26 +28,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.fallback import fallback_labels
 from app.io import Case, warn
+from app.state import RunState
 
 RUN_BUDGET_S = 90.0 / 6  # the challenge allows 90 s x K per case over up to 6 runs
 MIN_MARGIN_S = 3.0
 MARGIN_FRACTION = 0.1
 HARD_GRACE_S = 5.0  # after the deadline, before the native last resort ends a GIL-bound hang
-
-
-@dataclass
-class RunState:
-    """Shared between the engine thread and the watchdog; touch the fields under `lock`."""
-
-    lock: threading.Lock
-    partial: Callable[[], np.ndarray] | None = None  # the engine's current fused uint8 labels
-    done: set[int] = field(default_factory=set)  # labels (1..K) the engine has finished
 
 
 def deadline_seconds(num_classes: int) -> float:

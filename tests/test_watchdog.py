@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from app.io import Box, Case, ClassPrompts
-from app.watchdog import RunState, Watchdog, deadline_seconds, salvage
+from app.state import RunState
+from app.watchdog import Watchdog, deadline_seconds, salvage
 
 SHAPE = (4, 8, 8)
 
@@ -72,3 +73,25 @@ def test_claim_disarms_the_watchdog():
     watchdog.join()
     assert not fired.is_set()
     assert not watchdog.claim()  # the output is already taken
+
+
+def test_app_has_no_import_cycle():
+    """Every module of app/ imports (at module level, TYPE_CHECKING included) none that imports it back."""
+    import ast
+    from pathlib import Path
+
+    app = Path(__file__).parents[1] / "app"
+    graph = {}
+    for path in app.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("app."):
+                names.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("app.")}
+        graph[path.stem] = names & {p.stem for p in app.glob("*.py")}
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph[start])
+
+    assert [m for m in graph if reaches(m, m)] == []
