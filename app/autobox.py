@@ -28,12 +28,16 @@ def touches_open_side(mask: np.ndarray, roi: Roi, image_shape) -> bool:
     return False
 
 
-def grown_bounds(mask: np.ndarray, roi: Roi, lo, hi):
-    """Prompt bounds (lo, hi) widened to the mask's extent in image voxels."""
-    found = bounding_box(mask)
+def grown_bounds(mask: np.ndarray, roi: Roi, image_shape, lo, hi):
+    """Prompt bounds (lo, hi) widened to the extent of the mask's part inside the image.
+
+    The crop may reach outside the image (zero padding); a prediction there is no object.
+    """
+    img_sl, crop_sl = roi.image_slices(tuple(image_shape))
+    found = bounding_box(mask[crop_sl])
     if found is None:
         return np.asarray(lo), np.asarray(hi)
-    start = np.asarray(roi.start)
+    start = np.array([s.start for s in img_sl])
     return np.minimum(lo, found[0] + start), np.maximum(hi, found[1] + start)
 
 

@@ -45,6 +45,10 @@ CONFINE_REACH_MM = 60.0
 NO_AUTOBOX_PREFIXES = ("Microscopy", "US")
 
 
+def autobox_suits(name: str) -> bool:
+    return not name.startswith(NO_AUTOBOX_PREFIXES)
+
+
 @dataclass
 class ClassView:
     """What the engine knows of one class this round.
@@ -58,6 +62,18 @@ class ClassView:
     box: tuple[np.ndarray, np.ndarray] | None
     prev_region: tuple[slice, slice, slice] | None = None  # where the class is in prev_pred; None: absent
     prev_pred: np.ndarray | None = None
+
+    @classmethod
+    def single(cls, box, fg, bg, order, prev: np.ndarray | None) -> ClassView:
+        """One class outside a case file (training's simulated rounds); prev a boolean volume.
+
+        An empty previous mask is no previous mask, as for a class absent from prev_pred.
+        """
+        prompts = ClassPrompts(None, list(fg), list(bg), list(order))
+        if prev is None or not prev.any():
+            return cls(1, prompts, box)
+        prev_pred = prev.astype(np.uint8)
+        return cls(1, prompts, box, ndimage.find_objects(prev_pred)[0], prev_pred)
 
     @property
     def has_prev(self) -> bool:
@@ -111,16 +127,6 @@ def schedule(views: list[ClassView]) -> list[ClassView]:
     """Classes to run, most urgent first: a new click, then the smaller ones."""
     active = [v for v in views if not v.frozen]
     return sorted(active, key=lambda v: (not v.prompts.has_new_click, v.cost))
-
-
-def route(view: ClassView, roi: Roi | None) -> tuple[str, ...]:
-    """Which experts run, in order, for one class (see the module docstring)."""
-    newest = view.prompts.newest_click
-    if view.box is None and not view.has_prev:
-        return ("local", "global") if view.prompts.fg else ()
-    if newest is not None and (roi.zoomed or not roi.contains(newest[0])):
-        return ("global", "local")
-    return ("global",)
 
 
 class ClassCanvas:
@@ -234,14 +240,18 @@ def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
 
 
 class ClassSegmenter:
-    """Runs the experts for one class at a time on one case's image."""
+    """Runs the experts for one class at a time on one image: the one prediction path.
 
-    def __init__(self, case: Case, global_expert: Expert, local_expert: Expert | None,
+    The engine calls it per class; training calls it for the rounds it simulates, with its
+    live model wrapped as an Expert, so training sees the predictions the engine makes.
+    """
+
+    def __init__(self, image: np.ndarray, spacing, global_expert: Expert, local_expert: Expert | None,
                  clock=time.monotonic, refine: bool = True, click_local: bool = False, autobox: bool = True):
         self.clock, self.refine, self.click_local, self.autobox = clock, refine, click_local, autobox
-        self.image = torch.from_numpy(case.image)
-        self.spacing = case.spacing
-        self.shape = case.image.shape
+        self.image = torch.from_numpy(image)
+        self.spacing = spacing
+        self.shape = image.shape
         self.global_expert = global_expert
         self.local_expert = local_expert or global_expert  # the global net on a native window
 
@@ -252,29 +262,59 @@ class ClassSegmenter:
         boundary of a mask the global expert drew zoomed out (nnInteractive-style refinement).
         """
         started = self.clock()
-        canvas = ClassCanvas(self.shape)
+        view = self.with_autobox(view)
+        canvas, roi, steps = self.global_pass(view)
+        newest = view.prompts.newest_click
+        if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
+            self.local_pass(canvas, view, newest[0])
+            steps = (*steps, "local")
+        base = self.clock() - started
+        if roi is not None and roi.zoomed and self.refine:
+            tiles = self._refine(canvas, view, until)
+            steps = (*steps, f"refine[{tiles}]")
+        if self.click_local and view.has_prev and view.prompts.has_new_click:
+            confine_to_click(canvas, view, self.spacing)
+            steps = (*steps, "confined")
+        return canvas, steps, base
+
+    def with_autobox(self, view: ClassView) -> ClassView:
+        """A box-less class known by a positive click gets the intensity region's box."""
         p = view.prompts
         if self.autobox and view.box is None and not view.has_prev and p.fg:
             box = intensity_box(self.image.numpy(), self.spacing, p.fg[0])
             if box is not None:
-                view = replace(view, box=box)
+                return replace(view, box=box)
+        return view
+
+    def global_pass(self, view: ClassView) -> tuple[ClassCanvas, Roi | None, tuple[str, ...]]:
+        """The global expert on the object's RoI, regrown while the object runs out of it.
+
+        Without box and previous mask a native window at the first positive click comes first
+        and its mask sets the RoI. Each regrown pass replaces the last one (no stale
+        probabilities where an older RoI stuck out). Returns the canvas, the final RoI and
+        the steps taken; (empty canvas, None, ()) when nothing is known of the class.
+        """
+        p = view.prompts
+        canvas, steps = ClassCanvas(self.shape), ()
+        prev = view.prev_mask()
         bounds = view.bounds()
-        roi = roi_around(*bounds, self.global_expert.patch) if bounds is not None else None
-        steps = route(view, roi)
-        zoomed = False
-        for step in steps:
-            if step == "global":
-                zoomed = self._global(canvas, view, bounds)
-            else:
-                self._local(canvas, view, p.newest_click[0] if p.newest_click is not None else p.fg[-1])
-        base = self.clock() - started
-        if zoomed and self.refine:
-            tiles = self._refine(canvas, view, until)
-            steps = (*steps, f"refine[{tiles}]")
-        if self.click_local and view.has_prev and p.has_new_click:
-            confine_to_click(canvas, view, self.spacing)
-            steps = (*steps, "confined")
-        return canvas, steps, base
+        if prev is None and view.box is None:
+            if not p.fg:
+                return canvas, None, ()
+            self.local_pass(canvas, view, p.fg[-1])
+            prev, steps = canvas.mask_full(), ("local",)
+            bounds = prompt_bounds(None, p.fg, prev)
+        prev_t = None if prev is None else torch.from_numpy(prev)
+        for _ in range(MAX_REGROW + 1):
+            roi = roi_around(*bounds, self.global_expert.patch)
+            logits = self.global_expert.logits(self.image, roi, self.spacing, view.box, p.fg, p.bg, prev_t)
+            canvas = ClassCanvas(self.shape)
+            canvas.put(logits, roi)
+            mask = (logits > 0).numpy()
+            if not touches_open_side(mask, roi, self.shape):
+                break
+            bounds = grown_bounds(mask, roi, self.shape, *bounds)
+        return canvas, roi, (*steps, "global")
 
     def _refine(self, canvas: ClassCanvas, view: ClassView, until: float) -> int:
         """Local windows on the mask's boundary, most boundary first, while time allows."""
@@ -283,36 +323,18 @@ class ClassSegmenter:
             if self.clock() + TIME_SAFETY * slowest > until:
                 break
             started = self.clock()
-            self._local(canvas, view, centre)
+            self.local_pass(canvas, view, centre)
             slowest = max(slowest, self.clock() - started)
             done += 1
         return done
 
-    def _global(self, canvas: ClassCanvas, view: ClassView, bounds) -> bool:
-        """Global passes (regrown while the object runs out of the RoI); True when zoomed out."""
-        p = view.prompts
-        prev = view.prev_mask() if view.has_prev else (canvas.mask_full() if canvas.probs.numel() else None)
-        if not view.has_prev and prev is not None:
-            bounds = prompt_bounds(view.box, p.fg, prev)
-        prev_t = None if prev is None else torch.from_numpy(prev)
-        for _ in range(MAX_REGROW + 1):
-            roi = roi_around(*bounds, self.global_expert.patch)
-            logits = self.global_expert.logits(self.image, roi, self.spacing, view.box, p.fg, p.bg, prev_t)
-            canvas.put(logits, roi)
-            mask = (logits > 0).numpy()
-            if not touches_open_side(mask, roi, self.shape):
-                break
-            bounds = grown_bounds(mask, roi, *bounds)
-        return roi.zoomed
-
-    def _local(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
+    def local_pass(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
+        """The local expert on a native window at `centre`, seeing the canvas's mask as the
+        previous one, blended into the canvas (a ramp at the window faces leaves no seam)."""
         p = view.prompts
         roi = window_at(centre, self.local_expert.patch)
         prev = torch.from_numpy(canvas.mask_on(roi))
-        full_prev = torch.zeros(self.shape, dtype=torch.bool)
-        img_sl, crop_sl = roi.image_slices(self.shape)
-        full_prev[img_sl] = prev[crop_sl]
-        logits = self.local_expert.logits(self.image, roi, self.spacing, view.box, p.fg, p.bg, full_prev)
+        logits = self.local_expert.logits(self.image, roi, self.spacing, view.box, p.fg, p.bg, prev, prev_on_crop=True)
         canvas.put(logits, roi, None if not canvas.probs.numel() else border_ramp(roi.size))
 
 
@@ -351,8 +373,8 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
         refine = os.environ.get("SEGFM_REFINE", "0") == "1"
     if click_local is None:
         click_local = os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1"
-    autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and not case.name.startswith(NO_AUTOBOX_PREFIXES)
-    segmenter = ClassSegmenter(case, global_expert, local_expert, clock, refine=refine, click_local=click_local,
+    autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and autobox_suits(case.name)
+    segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock, refine=refine, click_local=click_local,
                                autobox=autobox)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class without refinement: what a class is sure to need

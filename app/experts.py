@@ -1,8 +1,10 @@
 """The two experts: trained U-Nets behind a numpy/tensor-facing predict on a RoI.
 
 GlobalExpert sees the whole object (zoomed RoI), LocalExpert a native window at a click
-(paper 003). Weights are loaded once per run. On a GPU: bf16 autocast; on a CPU: bf16
-autocast only where the processor has native bf16 (else fp32 is faster), threads capped.
+(paper 003). The engine loads them from files once per run; training wraps its live model
+in the same class (`Expert.from_model`), so its simulated rounds are the engine's own
+predictions. Precision: bf16 autocast on a GPU, and on a CPU only where the processor has
+native bf16 (elsewhere bf16 is ~30x slower than fp32, measured).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -31,34 +33,51 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def autocast(device: torch.device | str, enabled: bool | None = None) -> torch.autocast:
+    """bf16 autocast where it pays (see the module docstring); `enabled` forces the choice."""
+    device = torch.device(device)
+    if enabled is None:
+        enabled = device.type == "cuda" or cpu_has_bf16()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 class Expert:
     """One U-Net: prompts on a RoI in, logits on the RoI's crop grid out."""
 
-    def __init__(self, path: Path, device: torch.device):
+    def __init__(self, model: torch.nn.Module, patch: int, device: torch.device, bf16: bool | None = None):
+        self.model, self.device = model, torch.device(device)
+        self.patch = (int(patch),) * 3
+        self.bf16 = bf16
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> Expert:
         weights = torch.load(path, map_location="cpu", weights_only=False)
-        self.model = build_unet(weights["model_config"])
-        self.model.load_state_dict({k: v.float() for k, v in weights["model"].items()})
-        self.model.eval().to(device)
-        self.patch = (int(weights["meta"]["patch"]),) * 3
-        self.device = device
-        use_bf16 = device.type == "cuda" or _cpu_has_bf16()
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        model = build_unet(weights["model_config"])
+        model.load_state_dict({k: v.float() for k, v in weights["model"].items()})
+        return cls(model.eval().to(device), weights["meta"]["patch"], device)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, patch: int, device, bf16: bool | None = None) -> Expert:
+        """A live (training) model behind the engine's interface; no copy, no mode change."""
+        return cls(model, patch, device, bf16)
 
     @torch.inference_mode()
-    def logits(self, image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev=None) -> torch.Tensor:
-        """(D, H, W) float32 logits on the crop grid of `roi` (CPU tensor)."""
-        x = encode(image, roi, spacing, box, fg, bg, prev)[None].to(self.device)
-        with self.autocast:
+    def logits(self, image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev=None,
+               prev_on_crop: bool = False) -> torch.Tensor:
+        """(D, H, W) float32 logits on the crop grid of `roi` (CPU tensor); prompts as app.prompts.encode."""
+        x = encode(image, roi, spacing, box, fg, bg, prev, prev_on_crop)[None].to(self.device)
+        with autocast(self.device, self.bf16):
             out = self.model(x).float()
         return from_patch(out[0], roi)[0].cpu()
 
 
 def load_experts(weights_dir: Path = WEIGHTS) -> tuple[Expert | None, Expert | None]:
-    """(global, local) experts from weights_dir; None for a missing file."""
+    """(global, local) experts from weights_dir; None for a missing file.
+
+    cudnn.benchmark stays off: a run makes a handful of forward passes, too few to repay tuning.
+    """
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    else:
-        torch.backends.cudnn.benchmark = True
     found = [weights_dir / f"{name}_expert.pt" for name in ("global", "local")]
-    return tuple(Expert(path, device) if path.exists() else None for path in found)
+    return tuple(Expert.load(path, device) if path.exists() else None for path in found)

@@ -2,8 +2,10 @@
 
 Channels (paper 000): image, box cuboid, positive clicks, negative clicks, previous mask.
 A missing prompt is an all-zero channel, so the network never branches on absence.
-Clicks are balls of a radius in millimetres, and the patch voxel holding the click is
-always marked, so a zoomed-out RoI cannot erase a click.
+A click is the union of a ball of CLICK_RADIUS_MM (physical) and a ball of
+CLICK_RADIUS_PATCH patch voxels: in a zoomed-out RoI a 3 mm ball shrinks to one voxel out
+of 110k and the network barely reacts to it (issue 9); two patch voxels keep it visible
+at any zoom, as nnInteractive-style encoders do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from app.roi import Roi, crop, to_patch
 
 CHANNELS = ("image", "box", "fg", "bg", "prev")
 CLICK_RADIUS_MM = 3.0
+CLICK_RADIUS_PATCH = 2.0
 
 
 def normalise(patch: torch.Tensor) -> torch.Tensor:
@@ -30,25 +33,27 @@ def box_channel(roi: Roi, lo, hi) -> torch.Tensor:
     return torch.from_numpy(cuboid.astype(np.float32))
 
 
-def click_channel(roi: Roi, clicks, spacing, radius_mm: float = CLICK_RADIUS_MM) -> torch.Tensor:
-    """Balls of radius_mm (physical distance) around each (z, y, x) click, on the patch grid."""
+def click_channel(roi: Roi, clicks, spacing, radius_mm: float = CLICK_RADIUS_MM,
+                  radius_patch: float = CLICK_RADIUS_PATCH) -> torch.Tensor:
+    """Balls around each (z, y, x) click on the patch grid: within radius_mm or radius_patch."""
     out = np.zeros(roi.patch, dtype=bool)
     coords = roi.patch_coords()
-    step = roi.step
     for click in clicks:
-        d2 = [((c - v) * s) ** 2 for c, v, s in zip(coords, click, spacing)]
-        out |= (d2[0][:, None, None] + d2[1][None, :, None] + d2[2][None, None, :]) <= radius_mm**2
-        cell = [int(np.floor((v - s + 0.5) / st)) for v, s, st in zip(click, roi.start, step)]
-        if all(0 <= c < p for c, p in zip(cell, roi.patch)):
-            out[tuple(cell)] = True
+        mm = [((c - v) * s) ** 2 / radius_mm**2 for c, v, s in zip(coords, click, spacing)]
+        vox = [((c - v) / st) ** 2 / radius_patch**2 for c, v, st in zip(coords, click, roi.step)]
+        out |= (mm[0][:, None, None] + mm[1][None, :, None] + mm[2][None, None, :]) <= 1.0
+        out |= (vox[0][:, None, None] + vox[1][None, :, None] + vox[2][None, None, :]) <= 1.0
     return torch.from_numpy(out.astype(np.float32))
 
 
-def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev: torch.Tensor | None = None):
+def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev: torch.Tensor | None = None,
+           prev_on_crop: bool = False):
     """The (5, *patch) network input for one class.
 
     image: (D, H, W) tensor of the whole image (any dtype); box: inclusive (lo, hi) or None;
-    fg/bg: (z, y, x) clicks in image voxels; prev: (D, H, W) binary mask of the class or None.
+    fg/bg: (z, y, x) clicks in image voxels; prev: binary mask of the class or None, on the
+    whole image (D, H, W), or already on the RoI's crop grid with prev_on_crop (no
+    full-volume copy for a local window).
     """
     channels = [normalise(to_patch(crop(image[None], roi).float(), roi)[0])]  # crop first: the volume may be large
     channels.append(box_channel(roi, *box) if box is not None else torch.zeros(roi.patch))
@@ -57,5 +62,6 @@ def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev:
     if prev is None:
         channels.append(torch.zeros(roi.patch))
     else:
-        channels.append((to_patch(crop(prev[None], roi).float(), roi)[0] > 0.5).float())
+        prev_crop = prev[None] if prev_on_crop else crop(prev[None], roi)
+        channels.append((to_patch(prev_crop.float(), roi)[0] > 0.5).float())
     return torch.stack([c.to(channels[0].device) for c in channels])

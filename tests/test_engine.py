@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -33,9 +34,9 @@ def test_box_channel_on_a_zoomed_grid_samples_voxel_centres():
     assert np.array_equal(channel, expected)
 
 
-def test_click_ball_radius_is_in_millimetres():
+def test_click_ball_radius_is_in_millimetres_at_native_resolution():
     roi = Roi((0, 0, 0), (9, 9, 9), (9, 9, 9))
-    ball = click_channel(roi, [(4, 4, 4)], spacing=(1.0, 1.0, 1.0), radius_mm=1.0).numpy()
+    ball = click_channel(roi, [(4, 4, 4)], spacing=(1.0, 1.0, 1.0), radius_mm=1.0, radius_patch=0.5).numpy()
     expected = np.zeros((9, 9, 9), np.float32)
     expected[4, 4, 4] = 1
     for axis in range(3):
@@ -44,14 +45,18 @@ def test_click_ball_radius_is_in_millimetres():
             idx[axis] += d
             expected[tuple(idx)] = 1
     assert np.array_equal(ball, expected)
-    thick = click_channel(roi, [(4, 4, 4)], spacing=(5.0, 1.0, 1.0), radius_mm=2.0).numpy()
+    thick = click_channel(roi, [(4, 4, 4)], spacing=(5.0, 1.0, 1.0), radius_mm=2.0, radius_patch=0.5).numpy()
     assert thick[:, 4, 4].sum() == 1 and thick[4, :, 4].sum() == 5  # 5 mm slices: one slice only
 
 
-def test_zoom_cannot_erase_a_click():
+def test_zoomed_click_keeps_a_ball_of_patch_voxels():
     roi = Roi((0, 0, 0), (64, 64, 64), (8, 8, 8))
     ball = click_channel(roi, [(17, 40, 63)], spacing=(1.0, 1.0, 1.0), radius_mm=0.5).numpy()
-    assert ball.sum() == 1 and ball[2, 5, 7] == 1
+    assert ball[2, 5, 7] == 1  # the click's own patch voxel
+    centres = np.argwhere(ball)
+    assert len(centres) >= 7 and np.all(np.abs(centres - (2, 5, 7)) <= 2)  # about 2 patch voxels around it
+    native = click_channel(Roi((0, 0, 0), (8, 8, 8), (8, 8, 8)), [(4, 4, 4)], (1.0, 1.0, 1.0), radius_mm=0.5)
+    assert int(native.sum()) == 33  # lattice points within 2 voxels: 1 + 6 + 12 + 8 + 6
 
 
 def test_encode_channels_and_absent_prompts_are_zero():
@@ -135,17 +140,64 @@ def _view(box=True, prev=False, fg=(), bg=(), order=()):
     return engine.ClassView(1, prompts, b, region, prev_pred if prev else None)
 
 
+class BoxExpert:
+    """Stands in for a network: +8 inside the box channel, -8 outside (the box fill)."""
+
+    patch = (8, 8, 8)
+
+    def __init__(self):
+        self.calls = 0
+
+    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None, prev_on_crop=False):
+        self.calls += 1
+        x = encode(image, roi, spacing, box, fg, bg, prev, prev_on_crop)
+        return from_patch((x[1:2] * 16 - 8), roi)[0]
+
+
+class GrowingExpert(BoxExpert):
+    """Predicts a fixed cube whatever the prompts: an object larger than any box."""
+
+    def __init__(self, lo, hi):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None, prev_on_crop=False):
+        self.calls += 1
+        out = torch.full(roi.size, -8.0)
+        coords = [np.arange(s, s + n) for s, n in zip(roi.start, roi.size)]
+        inside = [(c >= a) & (c <= b) for c, a, b in zip(coords, self.lo, self.hi)]
+        out[torch.from_numpy(inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :])] = 8.0
+        return out
+
+
+def _segment(expert, view, shape=(40, 40, 40)):
+    image = np.zeros(shape, np.uint8)
+    return engine.ClassSegmenter(image, np.ones(3), expert, None, refine=False, autobox=False).segment(view)
+
+
 def test_routing_rules():
-    native = Roi((0, 0, 0), (8, 8, 8), (8, 8, 8))
-    zoomed = Roi((0, 0, 0), (16, 16, 16), (8, 8, 8))
-    assert engine.route(_view(), native) == ("global",)
-    clicked = _view(prev=True, fg=[(3, 3, 3)], order=["fg"])
-    assert engine.route(clicked, native) == ("global",)
-    assert engine.route(clicked, zoomed) == ("global", "local")
-    far = _view(prev=True, bg=[(30, 30, 30)], order=["bg"])
-    assert engine.route(far, native) == ("global", "local")
-    assert engine.route(_view(box=False, fg=[(3, 3, 3)], order=["fg"]), None) == ("local", "global")
-    assert engine.route(_view(box=False), None) == ()
+    small = ClassPrompts(Box(2, 5, 3, 2, 5, 2, 5), [], [], [])
+    view = engine.ClassView(1, small, (np.array([2, 2, 2]), np.array([5, 5, 5])))
+    assert _segment(BoxExpert(), view)[1] == ("global",)  # native RoI, no click
+    clicked = replace(view, prompts=replace(small, fg=[(3, 3, 3)], order=["fg"]))
+    assert _segment(BoxExpert(), clicked)[1] == ("global",)  # the click is inside a native RoI
+    far = replace(view, prompts=replace(small, fg=[(30, 30, 30)], order=["fg"]))
+    assert _segment(BoxExpert(), far)[1] == ("global", "local")  # the click lies outside the RoI
+    nobox = engine.ClassView(1, ClassPrompts(None, [(3, 3, 3)], [], ["fg"]), None)
+    assert _segment(BoxExpert(), nobox)[1][:2] == ("local", "global")
+    assert _segment(BoxExpert(), engine.ClassView(1, ClassPrompts(None, [], [], []), None))[1] == ()
+
+
+def test_regrowth_replaces_the_canvas_and_a_zoomed_regrown_roi_gets_the_local_pass():
+    prompts = ClassPrompts(Box(10, 13, 11, 10, 13, 10, 13), [(12, 12, 12)], [], ["fg"])
+    view = engine.ClassView(1, prompts, (np.array([10, 10, 10]), np.array([13, 13, 13])))
+    expert = GrowingExpert((6, 6, 6), (16, 16, 16))  # larger than its box and than the 8^3 patch
+    canvas, steps, _ = _segment(expert, view)
+    assert steps == ("global", "local")  # the first RoI was native; only the regrown one is zoomed
+    expected = np.zeros((40, 40, 40), bool)
+    expected[6:17, 6:17, 6:17] = True
+    assert np.array_equal(canvas.mask_full(), expected)
+    assert expert.calls == 4  # three global passes (two regrowths), one local
 
 
 def test_schedule_runs_new_clicks_first_then_small_and_skips_frozen():
@@ -158,20 +210,6 @@ def test_schedule_runs_new_clicks_first_then_small_and_skips_frozen():
 
 
 # ----------------------------------------------------------------------------- the loop
-class BoxExpert:
-    """Stands in for a network: +8 inside the box channel, -8 outside (the box fill)."""
-
-    patch = (8, 8, 8)
-
-    def __init__(self):
-        self.calls = 0
-
-    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None):
-        self.calls += 1
-        x = encode(image, roi, spacing, box, fg, bg, prev)
-        return from_patch((x[1:2] * 16 - 8), roi)[0]
-
-
 def _case(k=4, shape=(16, 16, 16)):
     boxes = [Box(1 + c, 3 + c, 2 + c, 1, 4 + c, 2 * c, 2 * c + 1) for c in range(k)]
     prompts = [ClassPrompts(b, [], [], []) for b in boxes]
@@ -246,8 +284,16 @@ def test_regrowth_only_when_the_mask_reaches_an_inner_face():
     mask[2:5, 2:5, 7] = True
     assert touches_open_side(mask, roi, (20, 20, 20))
     assert not touches_open_side(mask, roi, (20, 20, 12))  # that face is the image's edge
-    lo, hi = grown_bounds(mask, roi, np.array([8, 8, 8]), np.array([8, 8, 8]))
+    lo, hi = grown_bounds(mask, roi, (20, 20, 20), np.array([8, 8, 8]), np.array([8, 8, 8]))
     assert tuple(lo) == (6, 6, 6) and tuple(hi) == (8, 8, 11)
+
+
+def test_regrowth_ignores_predictions_in_the_padding_outside_the_image():
+    roi = Roi((-4, 0, 0), (8, 8, 8), (8, 8, 8))  # the first 4 slices of the crop are padding
+    mask = np.zeros((8, 8, 8), bool)
+    mask[0:6, 2:4, 2:4] = True
+    lo, hi = grown_bounds(mask, roi, (20, 20, 20), np.array([1, 3, 3]), np.array([1, 3, 3]))
+    assert tuple(lo) == (0, 2, 2) and tuple(hi) == (1, 3, 3)
 
 
 @pytest.mark.parametrize("k", [100])
@@ -276,12 +322,12 @@ def test_refinement_runs_only_when_zoomed_and_while_time_allows():
     case.prompts[0].box = Box(2, 29, 15, 2, 29, 2, 29)  # larger than the 8^3 patch: zoomed
     view = engine.class_views(case)[0]
     expert = BoxExpert()
-    segmenter = engine.ClassSegmenter(case, expert, None)
+    segmenter = engine.ClassSegmenter(case.image, case.spacing, expert, None)
     _, steps, _ = segmenter.segment(view)
     assert steps[0] == "global" and steps[-1].startswith("refine[") and steps[-1] != "refine[0]"
     _, steps, _ = segmenter.segment(view, until=0.0)
     assert steps[-1] == "refine[0]"
-    _, steps, _ = engine.ClassSegmenter(case, expert, None, refine=False).segment(view)
+    _, steps, _ = engine.ClassSegmenter(case.image, case.spacing, expert, None, refine=False).segment(view)
     assert steps == ("global",)
 
 

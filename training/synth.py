@@ -17,7 +17,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-GENERATOR_VERSION = 2  # v2: tissue scenes (interleaved intensity-defined classes, cortex-like ribbons)
+GENERATOR_VERSION = 3  # v3: head scenes, shells, more one-intensity parcels, shared neighbour means, border lines
+# v2: tissue scenes (interleaved intensity-defined classes, cortex-like ribbons)
 LOOKS = ("ct", "mr", "pet", "us", "microscopy")
 
 
@@ -86,8 +87,11 @@ def organ_scene(rng, shape, spacing):
         radii[0] = max(radii[0], 1.5 * spacing[0])
         centre = extent * rng.uniform(0.25, 0.75, 3)
         mask = blob(rng, shape, spacing, centre, radii, rng.uniform(0.0, 0.6)) & body
-        if rng.random() < 0.35 and mask.sum() > 500:
-            _split_into_parcels(rng, labels, mask, int(rng.integers(2, 6)))
+        roll = rng.random()
+        if roll < 0.45 and mask.sum() > 500:
+            _split_into_parcels(rng, labels, mask, int(rng.integers(2, 9)))
+        elif roll < 0.65 and mask.sum() > 500:
+            labels[shell(mask, spacing, rng.uniform(1.0, 3.0) * spacing[1:].mean())] = labels.max() + 1
         else:
             labels[mask] = labels.max() + 1
     for _ in range(int(rng.integers(0, 3))):
@@ -100,13 +104,43 @@ def organ_scene(rng, shape, spacing):
     return _relabel(labels), body
 
 
+def shell(mask: np.ndarray, spacing, thickness_mm: float) -> np.ndarray:
+    """The outer layer of a mask (bone shells, walls): thin, hollow, filling its box."""
+    depth = edt.edt(mask.astype(np.uint8), anisotropy=tuple(float(s) for s in spacing), parallel=1)
+    return mask & (depth <= max(thickness_mm, float(min(spacing))))
+
+
+def head_scene(rng, shape, spacing):
+    """Soft tissue around a skull shell around a brain, often parcellated into touching
+    regions of one intensity: the head CT and brain parcellation tasks."""
+    extent = np.asarray(shape) * spacing
+    centre = extent / 2 + rng.normal(0, 0.03, 3) * extent
+    radii = extent * rng.uniform(0.38, 0.48, 3)
+    head = blob(rng, shape, spacing, centre, radii, 0.1)
+    inner = blob(rng, shape, spacing, centre, radii * rng.uniform(0.75, 0.9), 0.1) & head
+    skull = shell(inner, spacing, rng.uniform(2.0, 7.0))
+    brain = inner & ~skull
+    labels = np.zeros(shape, np.uint8)
+    labels[head & ~inner] = 1
+    labels[skull] = 2
+    if rng.random() < 0.7 and brain.sum() > 500:
+        _split_into_parcels(rng, labels, brain, int(rng.integers(3, 15)))
+    else:
+        labels[brain] = 3
+    return _relabel(labels), head
+
+
 def _split_into_parcels(rng, labels, mask, parts):
     """Voronoi parcels of one blob: touching neighbours that often share one intensity."""
     points = np.argwhere(mask)
-    seeds = points[rng.choice(len(points), parts, replace=False)].astype(np.float32)
-    d2 = ((points[:, None, :] - seeds[None]) ** 2).sum(-1)
-    base = labels.max() + 1
-    labels[tuple(points.T)] = base + np.argmin(d2, axis=1)
+    seeds = points[rng.choice(len(points), min(parts, len(points)), replace=False)].astype(np.float32)
+    nearest = np.zeros(len(points), np.int64)
+    best = np.full(len(points), np.inf, np.float32)
+    for i, seed in enumerate(seeds):  # seed by seed: no (points x seeds) matrix on large masks
+        d2 = ((points - seed) ** 2).sum(-1)
+        closer = d2 < best
+        best[closer], nearest[closer] = d2[closer], i
+    labels[tuple(points.T)] = labels.max() + 1 + nearest
 
 
 def vessel_scene(rng, shape, spacing):
@@ -185,6 +219,9 @@ def render(rng, labels, body, spacing, look: str, may_share: bool = True) -> np.
     means = np.full(k + 1, rng.uniform(0.2, 0.8)) if shared else rng.uniform(0.1, 0.95, k + 1)
     if shared:
         means[1:] += rng.normal(0, 0.03, k)
+    elif k > 1:  # some classes take a neighbour's intensity: only the prompts tell them apart
+        for c in np.flatnonzero(rng.random(k) < 0.3) + 1:
+            means[c] = means[int(rng.integers(1, k + 1))] + rng.normal(0, 0.02)
     means[0] = rng.uniform(0.05, 0.6)
     if look == "microscopy":
         means[0], means[1:] = rng.uniform(0.0, 0.15), rng.uniform(0.4, 1.0, k)
@@ -192,6 +229,12 @@ def render(rng, labels, body, spacing, look: str, may_share: bool = True) -> np.
         means[0], means[1:] = rng.uniform(0.02, 0.2), rng.uniform(0.5, 1.0, k)
     img = means[labels].astype(np.float32)
     img += 0.06 * smooth_noise(rng, shape, int(rng.integers(6, 16)))
+    if rng.random() < 0.3:  # dark or bright lines where regions meet (sulci, fascia)
+        border = np.zeros(shape, bool)
+        for axis in range(3):
+            step = np.diff(labels, axis=axis) != 0
+            border |= np.concatenate([step, np.zeros_like(np.take(step, [0], axis=axis))], axis=axis)
+        img[border] += rng.choice([-1.0, 1.0]) * rng.uniform(0.05, 0.2)
     if look == "ct":
         img[~body] = 0.0
         for _ in range(int(rng.integers(0, 4))):  # bone or contrast: bright, unlabelled
@@ -227,6 +270,8 @@ def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
         scene = vessel_scene
     elif roll < (0.45 if look == "mr" else 0.3):
         scene = tissue_scene
+    elif roll < 0.6 and look in ("ct", "mr"):
+        scene = head_scene
     else:
         scene = organ_scene
     shape, spacing = random_grid(rng, thick_slices=look in ("ct", "mr", "pet") and rng.random() < 0.5)
@@ -234,6 +279,8 @@ def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
     if labels.max() == 0:
         return generate(rng, look)
     image = render(rng, labels, body, spacing, look, may_share=scene is not tissue_scene)
+    if scene is head_scene and look == "ct" and rng.random() < 0.7:  # bone is the brightest thing in CT
+        image[labels == 2] = np.maximum(image[labels == 2], rng.integers(200, 256))
     return SynthCase(image, labels, spacing, look, no_box=scene in (vessel_scene, cell_scene))
 
 

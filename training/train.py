@@ -6,10 +6,15 @@
     python -m training.train --smoke                                 # CI: a few steps, tiny patches
 
 Data: procedural cases (training.synth) plus the training split of the real labelled cases
-(training.real). Global samples replay up to five prompt rounds with the model's own
-no-grad predictions and the engine's RoI rule, so the RoI grows between rounds as it does
-at inference; local samples are native-resolution windows at a click on a perturbed mask.
-Loss Dice + BCE, AdamW, warm-up + cosine, bf16 autocast, a checkpoint every few minutes.
+(training.real), some relabelled by rules into touching parcels. Every sample replays
+0..max_rounds prompt rounds through the engine's own per-class predictor
+(app.engine.ClassSegmenter around the live model: autobox, RoI, regrowth, local pass), so
+training sees the masks the engine would make. Global samples are the RoI the engine takes
+next; local samples a native window at the newest click (or on the mask's boundary) with
+this round's global mask as the previous one, as in the engine's local pass.
+Loss Dice + BCE, with BCE weighted up where the previous mask is wrong (a click must
+correct, not copy). AdamW, warm-up + cosine, a checkpoint every few minutes. Precision per
+machine: bf16 autocast on a GPU or a CPU with native bf16 (the engine's rule), else fp32.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from scipy import ndimage
 from torch.nn import functional as F
 
+from app.engine import ClassCanvas, ClassSegmenter, ClassView, autobox_suits
+from app.experts import Expert, autocast, cpu_has_bf16
 from app.models.unet3d import build_unet, config_dict
 from app.prompts import encode
-from app.roi import crop, from_patch, prompt_bounds, roi_around, to_patch, window_at
+from app.roi import crop, prompt_bounds, roi_around, to_patch, window_at
 from harness.official import error_click
 from training import real, synth
 from training.interaction import jittered_box, perturbed_mask, sampled_click
@@ -46,10 +54,12 @@ class TrainConfig:
     warmup_steps: int = 100
     max_steps: int = 2000           # length of the cosine schedule
     minutes: float = 60.0           # wall-clock budget of this invocation (resume continues)
-    max_rounds: int = 5             # prompt rounds replayed before the trained one
-    real_fraction: float = 0.1      # share of samples drawn from real labelled cases
+    max_rounds: int = 3             # engine rounds replayed before the trained one
+    real_fraction: float = 0.15     # share of samples drawn from real labelled cases
     local_fraction: float = 0.3     # share of local-window samples in a global run (one net, both views)
+    error_weight: float = 2.0       # extra BCE weight where the previous mask disagrees with the truth
     device: str = "cpu"
+    precision: str = "auto"         # auto: bf16 on GPU or native-bf16 CPU, else fp32; or bf16 / fp32
     threads: int = 2
     seed: int = 0
     out_dir: str = ""               # default runs/<expert>
@@ -75,7 +85,8 @@ class CasePool:
 
     def draw(self, rng: np.random.Generator, cfg: TrainConfig, real_cases):
         if real_cases and rng.random() < cfg.real_fraction:
-            return real_cases[int(rng.integers(len(real_cases)))]
+            case = real_cases[int(rng.integers(len(real_cases)))]
+            return real.rule_parcels(rng, case) if rng.random() < 0.5 else case
         if len(self.cases) == self.size and rng.random() < self.reuse:
             return self.cases[int(rng.integers(self.size))]
         case = synth.generate(rng)
@@ -83,69 +94,77 @@ class CasePool:
         return case
 
 
-def predict_mask(model, image_t, spacing, box, fg, bg, prev, patch, device) -> np.ndarray:
-    """The global expert's binary mask on the whole image for the current prompts (no grad)."""
-    bounds = prompt_bounds(box, fg, prev)
-    roi = roi_around(*bounds, (patch,) * 3)
-    x = encode(image_t, roi, spacing, box, fg, bg, None if prev is None else torch.from_numpy(prev))
-    with torch.no_grad(), autocast(device):
-        logits = from_patch(model(x[None].to(device)).float()[0].cpu(), roi)
-    out = torch.zeros(image_t.shape)
-    img_sl, crop_sl = roi.image_slices(tuple(image_t.shape))
-    out[img_sl] = logits[0][crop_sl]
-    return (out > 0).numpy()
+def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
+    """The engine's per-class predictor around the live model, as it would run on this case."""
+    expert = Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg))
+    name = f"{synth.MODALITY_PREFIX[case.look]}_case"
+    return ClassSegmenter(case.image, case.spacing, expert, None, refine=False, autobox=autobox_suits(name))
 
 
-def global_sample(rng, case, model, cfg: TrainConfig):
-    """Prompts after 0..max_rounds simulated rounds, the RoI the engine would take, the target there."""
+def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
+    """A target and the class's view after 0..max_rounds engine rounds on its own predictions.
+
+    Box-less classes start as the organisers start them: one click at the object's centre.
+    The first previous mask is sometimes a perturbed truth, for variety beyond the model's errors.
+    """
     label = int(rng.choice(np.unique(case.labels)[1:]))
     truth = case.labels == label
-    image_t = torch.from_numpy(case.image)
     use_box = rng.random() < (0.2 if case.no_box else 0.9)
     box = jittered_box(rng, truth) if use_box else None
-    fg, bg, prev = [], [], None
+    fg, bg, order, prev = [], [], [], None
     if box is None:
         fg.append(error_click(np.zeros_like(truth), truth)[0])
-    rounds = int(rng.integers(0, cfg.max_rounds + 1)) if rng.random() < 0.7 else 0
+        order.append("fg")
+    rounds = int(rng.integers(1, cfg.max_rounds + 1)) if rng.random() < 0.7 else 0
     for _ in range(rounds):
-        if prev is None and rng.random() < 0.3:
+        if prev is None and box is not None and rng.random() < 0.25:
             prev = perturbed_mask(rng, truth, case.spacing)
         else:
-            prev = predict_mask(model, image_t, case.spacing, box, fg, bg, prev, cfg.patch, cfg.device)
+            prev = segmenter.segment(ClassView.single(box, fg, bg, order, prev))[0].mask_full()
         click = sampled_click(rng, prev, truth, case.spacing)
         if click is None:
             break
         (fg if click[1] else bg).append(click[0])
-    lo, hi = prompt_bounds(box, fg, prev)
-    lo = lo - rng.integers(0, 4, 3)
-    hi = hi + rng.integers(0, 4, 3)
-    roi = roi_around(lo, hi, (cfg.patch,) * 3)
-    x = encode(image_t, roi, case.spacing, box, fg, bg, None if prev is None else torch.from_numpy(prev))
+        order.append("fg" if click[1] else "bg")
+    return truth, segmenter.with_autobox(ClassView.single(box, fg, bg, order, prev))
+
+
+def global_sample(rng, case, model, cfg: TrainConfig):
+    """The global expert's next input as the engine builds it, and the target on its RoI."""
+    segmenter = segmenter_for(model, case, cfg)
+    truth, view = simulate(rng, case, segmenter, cfg)
+    p = view.prompts
+    prev = view.prev_mask()
+    if prev is None and view.box is None:  # the engine looks at a native window at the click first
+        canvas = ClassCanvas(case.image.shape)
+        segmenter.local_pass(canvas, view, p.fg[-1])
+        prev = canvas.mask_full()
+    lo, hi = prompt_bounds(view.box, p.fg, prev)
+    roi = roi_around(lo - rng.integers(0, 4, 3), hi + rng.integers(0, 4, 3), (cfg.patch,) * 3)
+    x = encode(segmenter.image, roi, case.spacing, view.box, p.fg, p.bg, None if prev is None else torch.from_numpy(prev))
     y = to_patch(crop(torch.from_numpy(truth)[None].float(), roi), roi) > 0.5
     return x, y.float()
 
 
-def local_sample(rng, case, cfg: TrainConfig):
-    """A native window at the newest click on a perturbed mask; earlier clicks fixed their area."""
-    label = int(rng.choice(np.unique(case.labels)[1:]))
-    truth = case.labels == label
-    box = jittered_box(rng, truth) if (not case.no_box and rng.random() < 0.8) else None
-    prev = perturbed_mask(rng, truth, case.spacing) if rng.random() < 0.85 else np.zeros_like(truth)
-    fg, bg, newest = [], [], None
-    for _ in range(int(rng.integers(1, 4))):
-        click = sampled_click(rng, prev, truth, case.spacing)
-        if click is None:
-            break
-        if newest is not None:  # the earlier click was answered: fix the truth around it
-            z, y, x = newest
-            sl = tuple(slice(max(v - 4, 0), v + 5) for v in (z, y, x))
-            prev[sl] = truth[sl]
-        newest = click[0]
-        (fg if click[1] else bg).append(click[0])
-    centre = newest if newest is not None else tuple(int(v) for v in np.argwhere(truth).mean(0))
-    centre = np.asarray(centre) + rng.integers(-cfg.patch // 8, cfg.patch // 8 + 1, 3)
+def local_sample(rng, case, model, cfg: TrainConfig):
+    """The local expert's input as the engine builds it: a native window at the newest click
+    (or, as refinement does, on the boundary of the global mask), this round's global mask
+    as the previous one."""
+    segmenter = segmenter_for(model, case, cfg)
+    truth, view = simulate(rng, case, segmenter, cfg)
+    canvas, _, _ = segmenter.global_pass(view)
+    newest = view.prompts.newest_click
+    mask = canvas.mask_full()
+    edge = np.argwhere(mask ^ ndimage.binary_erosion(mask)) if mask.any() else np.argwhere(truth)
+    if newest is not None and rng.random() < 0.7:
+        centre = np.asarray(newest[0])
+    else:
+        centre = edge[int(rng.integers(len(edge)))]
+    centre = centre + rng.integers(-cfg.patch // 8, cfg.patch // 8 + 1, 3)
     roi = window_at(centre, (cfg.patch,) * 3)
-    x = encode(torch.from_numpy(case.image), roi, case.spacing, box, fg, bg, torch.from_numpy(prev))
+    p = view.prompts
+    prev = torch.from_numpy(canvas.mask_on(roi))
+    x = encode(segmenter.image, roi, case.spacing, view.box, p.fg, p.bg, prev, prev_on_crop=True)
     y = crop(torch.from_numpy(truth)[None].float(), roi)
     return x, y
 
@@ -155,19 +174,27 @@ def make_batch(rng, cfg, model, real_cases, pool: CasePool):
     for _ in range(cfg.batch):
         case = pool.draw(rng, cfg, real_cases)
         local = cfg.expert == "local" or rng.random() < cfg.local_fraction
-        samples.append(local_sample(rng, case, cfg) if local else global_sample(rng, case, model, cfg))
+        samples.append((local_sample if local else global_sample)(rng, case, model, cfg))
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
-def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_bce(logits: torch.Tensor, target: torch.Tensor, prev: torch.Tensor | None = None,
+             error_weight: float = 0.0) -> torch.Tensor:
+    """Dice + BCE; BCE counts (1 + error_weight) where a given previous mask is wrong."""
     probs = torch.sigmoid(logits)
     dims = tuple(range(1, logits.ndim))
     dice = 1 - (2 * (probs * target).sum(dims) + 1) / (probs.sum(dims) + target.sum(dims) + 1)
-    return dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+    weight = None
+    if prev is not None and error_weight:
+        given = prev.flatten(1).any(1).view(-1, *([1] * (prev.ndim - 1)))
+        weight = 1 + error_weight * ((prev > 0.5) != (target > 0.5)).float() * given
+    return dice.mean() + F.binary_cross_entropy_with_logits(logits, target, weight=weight)
 
 
-def autocast(device: str):
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+def use_bf16(cfg: TrainConfig) -> bool:
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    return cfg.device.startswith("cuda") or cpu_has_bf16()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -179,24 +206,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def validate(model, cfg: TrainConfig) -> dict:
-    """DSC on fixed synthetic cases (seeds never drawn in training): box only and after two clicks."""
+    """DSC on fixed synthetic cases (seeds never drawn in training) through the engine's
+    predictor: box (or the no-box start) and after two official clicks."""
     model.eval()
     scores = {"box": [], "click2": []}
     for i in range(cfg.val_cases):
         rng = np.random.default_rng(10**9 + i)
         case = synth.generate(rng, synth.LOOKS[i % len(synth.LOOKS)])
         truth = case.labels == 1
+        segmenter = segmenter_for(model, case, cfg)
         box = None if case.no_box else jittered_box(rng, truth)
-        fg, bg = ([] if box is not None else [error_click(np.zeros_like(truth), truth)[0]]), []
-        image_t = torch.from_numpy(case.image)
-        prev = predict_mask(model, image_t, case.spacing, box, fg, bg, None, cfg.patch, cfg.device)
+        fg, bg, order = ([] if box is not None else [error_click(np.zeros_like(truth), truth)[0]]), [], []
+        order = ["fg"] if fg else []
+        prev = segmenter.segment(ClassView.single(box, fg, bg, order, None))[0].mask_full()
         scores["box"].append(dice(prev, truth))
         for _ in range(2):
             click = error_click(prev, truth)
             if click is None:
                 break
             (fg if click[1] else bg).append(click[0])
-            prev = predict_mask(model, image_t, case.spacing, box, fg, bg, prev, cfg.patch, cfg.device)
+            order.append("fg" if click[1] else "bg")
+            prev = segmenter.segment(ClassView.single(box, fg, bg, order, prev))[0].mask_full()
         scores["click2"].append(dice(prev, truth))
     model.train()
     return {k: float(np.mean(v)) for k, v in scores.items()}
@@ -242,6 +272,10 @@ def main(cfg: TrainConfig) -> None:
         model.load_state_dict({k: v.float() for k, v in weights["model"].items()})
         print(f"initialised from {cfg.init}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    bf16 = use_bf16(cfg)
+    if rank == 0:
+        print(f"precision: {'bf16' if bf16 else 'fp32'} autocast ({cfg.precision}; native CPU bf16: {cpu_has_bf16()})",
+              flush=True)
     real_cases = [] if cfg.smoke else real.training_cases()
     pool = CasePool()
     start = last_ckpt = last_eval = time.time()
@@ -251,9 +285,9 @@ def main(cfg: TrainConfig) -> None:
         x, y = make_batch(rng, cfg, model, real_cases, pool)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        with autocast(cfg.device):
+        with autocast(cfg.device, bf16):
             logits = net(x.to(cfg.device))
-        loss = dice_bce(logits.float(), y.to(cfg.device))
+        loss = dice_bce(logits.float(), y.to(cfg.device), x[:, 4:5].to(cfg.device), cfg.error_weight)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
