@@ -6,7 +6,8 @@ by the rule "never silently wrong": a fatal problem raises `CaseError` (one line
 stderr, with the image shape when it is known so the caller can still write a valid
 file); a local problem (one bad box, one bad click, a bad spacing or prev_pred) is
 repaired or dropped with a one-line warning on stderr, so one bad prompt does not cost
-the whole case.
+the whole case. Each member (boxes, one class's box or clicks, clicks_order, prev_pred,
+spacing) is read on its own: even a failure nobody foresaw costs that member only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 BOX_KEYS = ("z_min", "z_max", "z_mid", "z_mid_x_min", "z_mid_y_min", "z_mid_x_max", "z_mid_y_max")
+MAX_CLASSES = 255  # the output is uint8: labels 1..255
+TEMP_SUFFIX = ".tmp"
+LINE_LIMIT = 300  # characters of one stderr line (a repr of a big array must not flood the log)
 
 
 class CaseError(Exception):
@@ -26,7 +30,7 @@ class CaseError(Exception):
     shape when the image was read (a valid all-zero output can then still be written)."""
 
     def __init__(self, message: str, shape: tuple[int, ...] | None = None):
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.shape = shape
 
 
@@ -98,7 +102,41 @@ class Case:
 
 
 def warn(name: str, message: str) -> None:
-    print(f"{name}: warning: {message}", file=sys.stderr, flush=True)
+    print(one_line(f"{name}: warning: {message}"), file=sys.stderr, flush=True)
+
+
+def one_line(text: str) -> str:
+    """Whitespace collapsed and cut at LINE_LIMIT: every message is exactly one readable line."""
+    text = " ".join(text.split())
+    return text if len(text) <= LINE_LIMIT else text[: LINE_LIMIT - 3] + "..."
+
+
+def to_uint8(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """`image` as the challenge's uint8, with a note on how it was converted (None when it already
+    was uint8). Raises TypeError for a non-numeric array.
+
+    Rule: an array whose values are all whole numbers in 0..255 (an int16 or float copy of a
+    uint8 image) is cast as is; anything else is normalised the way the organisers normalise
+    non-CT images: clipped to the 0.5 and 99.5 percentiles of its finite nonzero voxels and
+    scaled to 0..255, non-finite voxels set to 0. Shared with training, which reads the
+    organisers' training files with it.
+    """
+    if image.dtype == np.uint8:
+        return image, None
+    if image.dtype.kind not in "biuf":
+        raise TypeError(f"dtype {image.dtype} is not numeric")
+    cast = _whole_uint8(image)
+    if cast is not None:
+        return cast, f"{image.dtype} holding whole values in 0..255: cast to uint8"
+    finite = np.isfinite(image)
+    nonzero = image[finite & (image != 0)]
+    if nonzero.size == 0:
+        return np.zeros(image.shape, np.uint8), f"{image.dtype} without a finite nonzero voxel: all zero"
+    lo, hi = (float(v) for v in np.percentile(nonzero, [0.5, 99.5]))
+    x = np.where(finite, image, -np.inf).astype(np.float32)  # -inf: clipped to lo, i.e. 0
+    out = np.rint((np.clip(x, lo, hi) - lo) * np.float32(255 / (hi - lo))) if hi > lo else (x >= hi) * 255.0
+    note = f"{image.dtype}: scaled to uint8 from the 0.5/99.5 percentile window {lo:.6g}..{hi:.6g} of the nonzero voxels"
+    return out.astype(np.uint8), note + ("" if finite.all() else ", non-finite voxels set to 0")
 
 
 def load_case(path: str | os.PathLike) -> Case:
@@ -107,13 +145,12 @@ def load_case(path: str | os.PathLike) -> Case:
     name = path.name
     data = _read_arrays(path)
     image = _image(name, data)
-    shape = image.shape
     try:
         return _build_case(name, data, image)
     except CaseError:
         raise
-    except Exception as e:  # a malformed member nobody anticipated: keep the shape for the output
-        raise CaseError(f"{name}: unreadable prompts ({type(e).__name__}: {e})", shape) from e
+    except Exception as e:  # a last resort (every member is guarded): keep the shape for the output
+        raise CaseError(f"{name}: unreadable prompts ({type(e).__name__}: {e})", image.shape) from e
 
 
 def write_segs(path: str | os.PathLike, segs: np.ndarray) -> None:
@@ -121,7 +158,7 @@ def write_segs(path: str | os.PathLike, segs: np.ndarray) -> None:
     (or a watchdog racing the engine) never sees a half-written file."""
     assert segs.dtype == np.uint8 and segs.ndim == 3, f"segs must be uint8 3D, got {segs.dtype} {segs.shape}"
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:  # a file object: savez would append '.npz' to a bare name
             np.savez_compressed(f, segs=segs)
@@ -130,6 +167,15 @@ def write_segs(path: str | os.PathLike, segs: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Delete the temp files of `path` that an earlier run killed mid-write (SIGKILL, OOM) left."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    for tmp in path.parent.iterdir():
+        if tmp.name.startswith(prefix) and tmp.name.endswith(TEMP_SUFFIX):
+            tmp.unlink(missing_ok=True)
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -155,41 +201,65 @@ def _image(name: str, data: dict) -> np.ndarray:
     image = data["imgs"]
     if image.ndim != 3:
         raise CaseError(f"{name}: 'imgs' must be 3D (D, H, W), got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise CaseError(f"{name}: 'imgs' must be uint8, got {image.dtype}", image.shape)
     if min(image.shape) == 0:
         raise CaseError(f"{name}: 'imgs' is empty, shape {image.shape}", image.shape)
+    try:
+        image, note = to_uint8(image)
+    except TypeError as e:
+        raise CaseError(f"{name}: 'imgs' {e}", image.shape) from None
+    if note:
+        warn(name, f"'imgs' is {note}")
     return image
 
 
 def _build_case(name: str, data: dict, image: np.ndarray) -> Case:
     shape = image.shape
-    boxes = _optional_sequence(data.get("boxes"))
-    clicks = _optional_sequence(data.get("clicks"))
+    boxes = _member(name, "boxes", None, _optional_sequence, data.get("boxes"))
+    clicks = _member(name, "clicks", None, _optional_sequence, data.get("clicks"))
     if boxes is not None and clicks is not None and len(boxes) != len(clicks):
         raise CaseError(f"{name}: {len(boxes)} boxes but {len(clicks)} click entries", shape)
     k = len(boxes) if boxes is not None else len(clicks) if clicks is not None else 0
+    if k > MAX_CLASSES:
+        raise CaseError(f"{name}: {k} classes, but the uint8 output holds labels 1..{MAX_CLASSES} only", shape)
 
-    orders = _click_orders(name, data.get("clicks_order"), k) if clicks is not None else [[] for _ in range(k)]
+    orders = _no_orders(k)
+    if clicks is not None:
+        orders = _member(name, "clicks_order", orders, _click_orders, name, data.get("clicks_order"), k)
     prompts = []
     for c in range(k):
-        box = _box(name, c, boxes[c], shape) if boxes is not None else None
-        fg, bg = _clicks(name, c, clicks[c], shape) if clicks is not None else ([], [])
+        box = None if boxes is None else _member(name, f"class {c + 1} box", None, _box, name, c, boxes[c], shape)
+        fg, bg = ([], []) if clicks is None else _member(
+            name, f"class {c + 1} clicks", ([], []), _clicks, name, c, clicks[c], shape)
         prompts.append(ClassPrompts(box=box, fg=fg, bg=bg, order=orders[c]))
 
     iteration = max((len(o) for o in orders), default=0)
     if clicks is not None and iteration == 0 and any(p.fg or p.bg for p in prompts):
         iteration = max(len(p.fg) + len(p.bg) for p in prompts)
         warn(name, f"clicks without a usable clicks_order: assuming click iteration {iteration}")
+    empty = np.zeros(shape, np.uint8) if iteration > 0 else None
     return Case(
         name=name,
         image=image,
-        spacing=_spacing(name, data.get("spacing")),
+        spacing=_member(name, "spacing", np.ones(3), _spacing, name, data.get("spacing")),
         prompts=prompts,
-        prev_pred=_prev_pred(name, data.get("prev_pred"), shape, k, iteration),
+        prev_pred=_member(name, "prev_pred", empty, _prev_pred, name, data.get("prev_pred"), shape, k, empty),
         iteration=iteration,
         has_boxes=bool(boxes),
     )
+
+
+def _member(name: str, what: str, default, read, *args):
+    """read(*args), or `default` with a warning if it fails in a way nobody foresaw: one
+    malformed member must not cost the other classes' prompts."""
+    try:
+        return read(*args)
+    except Exception as e:  # noqa: BLE001 (any failure here degrades this member only)
+        warn(name, f"{what} unreadable ({type(e).__name__}: {e}): ignored")
+        return default
+
+
+def _no_orders(k: int) -> list[list]:
+    return [[] for _ in range(k)]
 
 
 def _optional_sequence(value: np.ndarray | None) -> list | None:
@@ -202,16 +272,18 @@ def _optional_sequence(value: np.ndarray | None) -> list | None:
             return None
         if isinstance(value, dict):  # a single class saved without the array wrapper
             return [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"a single {type(value).__name__}, not one entry per class")
+    elif value.ndim != 1:
+        raise ValueError(f"shape {value.shape}, not (K,)")
     return list(value)
 
 
 def _spacing(name: str, value: np.ndarray | None) -> np.ndarray:
     """Stored (x, y, z) -> array order (z, y, x). Spacing only scales prompts and zoom, so a
     bad one is not worth losing the case over: fall back to 1 mm isotropic with a warning."""
-    try:
-        spacing = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        spacing = np.empty(0)
+    numeric = value is not None and value.dtype.kind in "iuf"  # not strings, bools or objects
+    spacing = np.asarray(value, dtype=np.float64).reshape(-1) if numeric else np.empty(0)
     if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         warn(name, f"invalid or missing spacing {value!r}: using 1 mm isotropic")
         return np.ones(3)
@@ -225,11 +297,13 @@ def _box(name: str, c: int, raw, shape: tuple[int, int, int]) -> Box | None:
     if not isinstance(raw, dict) or any(k not in raw for k in BOX_KEYS):
         warn(name, f"{label} is not a dict with keys {BOX_KEYS}: ignored")
         return None
-    try:
-        v = {k: int(raw[k]) for k in BOX_KEYS}
-    except (TypeError, ValueError):
-        warn(name, f"{label} has non-integer values {raw}: ignored")
+    read = {k: _coordinate(raw[k]) for k in BOX_KEYS}
+    if None in read.values():
+        warn(name, f"{label} has values that are not finite numbers {raw}: ignored")
         return None
+    v = {k: n for k, (n, _) in read.items()}
+    if any(rounded for _, rounded in read.values()):
+        warn(name, f"{label} has float coordinates: rounded to {v}")
     bounds = [("z", v["z_min"], v["z_max"], shape[0]), ("y", v["z_mid_y_min"], v["z_mid_y_max"], shape[1]),
               ("x", v["z_mid_x_min"], v["z_mid_x_max"], shape[2])]
     for axis, lo, hi, size in bounds:
@@ -260,15 +334,14 @@ def _clicks(name: str, c: int, raw, shape: tuple[int, int, int]) -> tuple[list, 
     for kind in ("fg", "bg"):
         points = []
         for p in _as_list(raw.get(kind)):
-            try:
-                zyx = tuple(int(v) for v in np.asarray(p).reshape(-1))
-            except (TypeError, ValueError):
-                zyx = ()
-            if len(zyx) != 3:
-                warn(name, f"class {c + 1} {kind} click {p!r} is not [z, y, x]: dropped")
+            zyx, rounded = _point(p)
+            if zyx is None:
+                warn(name, f"class {c + 1} {kind} click {p!r} is not [z, y, x] of finite numbers: dropped")
             elif not all(0 <= v < s for v, s in zip(zyx, shape)):
                 warn(name, f"class {c + 1} {kind} click {zyx} is outside the image {shape}: dropped")
             else:
+                if rounded:
+                    warn(name, f"class {c + 1} {kind} click {p!r} has float coordinates: rounded to {zyx}")
                 points.append(zyx)
         out.append(points)
     return out[0], out[1]
@@ -276,50 +349,87 @@ def _clicks(name: str, c: int, raw, shape: tuple[int, int, int]) -> tuple[list, 
 
 def _as_list(value) -> list:
     """A click list as saved: a list of [z, y, x], an (n, 3) array, or None."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
 
 
+def _point(p) -> tuple[tuple[int, int, int] | None, bool]:
+    """One click -> ((z, y, x), whether floats were rounded); (None, False) if it is not three
+    numbers. Elements are read one by one: np.asarray would turn [True, '1', 2] into numbers."""
+    if isinstance(p, np.ndarray):
+        values = list(p.reshape(-1)) if p.size == 3 else []
+    else:
+        values = list(p) if isinstance(p, (list, tuple)) else []
+    read = [_coordinate(v) for v in values] if len(values) == 3 else [None]
+    if None in read:
+        return None, False
+    return tuple(n for n, _ in read), any(rounded for _, rounded in read)
+
+
+def _coordinate(value) -> tuple[int, bool] | None:
+    """A voxel coordinate -> (int, whether it was a float, rounded); None unless a finite real
+    number. Strings and bools are refused: int('5') and int(True) would accept them silently."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value), False
+    if isinstance(value, (float, np.floating)) and np.isfinite(value):
+        return int(np.rint(value)), True
+    return None
+
+
 def _click_orders(name: str, raw: np.ndarray | None, k: int) -> list[list[str | None]]:
     """clicks_order in every form it comes in: a '<U2' (K, n) array, an object (K, n) array
     with None entries, a ragged object array or list of lists. One row per class."""
-    if raw is None:
-        return [[] for _ in range(k)]
-    value = raw.item() if raw.ndim == 0 else raw
+    value = raw.item() if raw is not None and raw.ndim == 0 else raw
+    if value is None:
+        return _no_orders(k)
+    if not isinstance(value, (list, tuple, np.ndarray)) or (isinstance(value, np.ndarray) and value.ndim > 2):
+        warn(name, f"clicks_order {value!r} is not one row per class: ignored")
+        return _no_orders(k)
     if not any(isinstance(r, (list, tuple, np.ndarray)) for r in value):  # a flat row of entries
         value = [list(value)] if k == 1 else [[r] for r in value]
-    rows = [list(r) for r in value]
-    if len(rows) != k:
-        warn(name, f"clicks_order has {len(rows)} rows for {k} classes: ignored")
-        return [[] for _ in range(k)]
-    return [[_order_entry(name, e) for e in row] for row in rows]
+    if len(value) != k:
+        warn(name, f"clicks_order has {len(value)} rows for {k} classes: ignored")
+        return _no_orders(k)
+    return [_member(name, f"class {c + 1} clicks_order", [], _order_row, name, c, row) for c, row in enumerate(value)]
+
+
+def _order_row(name: str, c: int, row) -> list[str | None]:
+    """One class's rounds; a row that is not a flat list costs that class's order only."""
+    if not isinstance(row, (list, tuple, np.ndarray)) or (isinstance(row, np.ndarray) and row.ndim != 1):
+        warn(name, f"clicks_order row of class {c + 1} {row!r} is not a list of rounds: ignored")
+        return []
+    return [_order_entry(name, e) for e in row]
 
 
 def _order_entry(name: str, entry) -> str | None:
-    if entry is None or entry == "" or (isinstance(entry, float) and np.isnan(entry)):
+    if entry is None or (isinstance(entry, str) and entry == "") or (isinstance(entry, float) and np.isnan(entry)):
         return None
-    entry = str(entry)
-    if entry not in ("fg", "bg"):
-        warn(name, f"clicks_order entry {entry!r} is not 'fg'/'bg': read as no click")
-        return None
-    return entry
+    if isinstance(entry, str) and entry in ("fg", "bg"):
+        return str(entry)
+    warn(name, f"clicks_order entry {entry!r} is not 'fg'/'bg': read as no click")
+    return None
 
 
-def _prev_pred(name: str, value: np.ndarray | None, shape, k: int, iteration: int) -> np.ndarray | None:
-    """The previous output. Missing or unusable at a click iteration -> zeros (the evaluator
-    starts no-box cases from zeros too); at iteration 0 it is None."""
-    empty = np.zeros(shape, np.uint8) if iteration > 0 else None
+def _prev_pred(name: str, value: np.ndarray | None, shape, k: int, empty: np.ndarray | None) -> np.ndarray | None:
+    """The previous output. Missing or unusable -> `empty`: zeros at a click iteration (the
+    evaluator starts no-box cases from zeros too), None at iteration 0."""
     if value is None:
-        if iteration > 0:
+        if empty is not None:
             warn(name, "click iteration without prev_pred: using zeros")
         return empty
     if value.shape != shape:
         warn(name, f"prev_pred shape {value.shape} differs from imgs {shape}: ignored")
         return empty
     if value.dtype != np.uint8:
-        cast = value.astype(np.uint8) if value.dtype.kind in "biuf" else None
-        if cast is None or not np.array_equal(cast, value):
+        cast = _whole_uint8(value)
+        if cast is None:
             warn(name, f"prev_pred dtype {value.dtype} does not hold uint8 labels: ignored")
             return empty
         warn(name, f"prev_pred dtype {value.dtype}: cast to uint8")
@@ -330,3 +440,15 @@ def _prev_pred(name: str, value: np.ndarray | None, shape, k: int, iteration: in
         value = value.copy()
         value[value > k] = 0
     return value
+
+
+def _whole_uint8(value: np.ndarray) -> np.ndarray | None:
+    """`value` cast to uint8 if every element is a whole number in 0..255, else None. Checked
+    before the cast, so NaN or out-of-range values never reach numpy (and its RuntimeWarning)."""
+    if value.dtype.kind not in "biuf":
+        return None
+    if value.dtype.kind == "f" and not (np.isfinite(value).all() and (np.round(value) == value).all()):
+        return None
+    if value.min() < 0 or value.max() > 255:
+        return None
+    return value.astype(np.uint8)

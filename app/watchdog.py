@@ -15,8 +15,9 @@ call that holds the GIL (some scipy.ndimage routines on a full volume) delays th
 until it returns: the engine should run such calls on crops. If nothing has claimed the output
 HARD_GRACE_S after the deadline (the GIL never came back), faulthandler's native timer thread,
 which needs no GIL, dumps every thread's stack to stderr and ends the process with status 1:
-no new file then, but the run ends instead of hanging the organisers' loop. os._exit skips
-atexit handlers and CUDA teardown on purpose: the file is written, nothing else is worth waiting for.
+the file is then the prompt-only one the entrypoint wrote before the engine started, and the
+run ends instead of hanging the organisers' loop. os._exit skips atexit handlers and CUDA
+teardown on purpose: the file is written, nothing else is worth waiting for.
 """
 
 from __future__ import annotations

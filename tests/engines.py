@@ -47,13 +47,21 @@ def all_ones(case, state, deadline):
 
 
 def gil_hang(case, state, deadline):
-    """Holds the GIL in C (catastrophic regex backtracking): the watchdog thread cannot run.
-
-    It first works for a second, as a real engine would, so the provisional write is done."""
+    """Holds the GIL in C from its first instruction (catastrophic regex backtracking): neither
+    the watchdog nor a background writer can run from here on."""
     import re
 
-    time.sleep(1)
     re.match(r"(a+)+$", "a" * 40 + "b")
+
+
+def exits(case, state, deadline):
+    _publish_class_1(case, state)
+    raise SystemExit(3)
+
+
+def interrupted(case, state, deadline):
+    _publish_class_1(case, state)
+    raise KeyboardInterrupt
 
 
 def killed(case, state, deadline):

@@ -114,18 +114,66 @@ def test_engine_result_is_cast_to_uint8(dirs, monkeypatch):
     assert (segs(out_dir / "a.npz") == 1).all()
 
 
-def test_bad_cases_still_get_a_file_when_the_shape_is_known(dirs, capsys):
+def test_bad_cases_still_get_a_file_when_the_shape_is_known(dirs, capfd):
     in_dir, out_dir = dirs
-    write(in_dir / "float.npz", imgs=np.zeros(SHAPE, np.float32), boxes=BOXES)
+    write(in_dir / "text.npz", imgs=np.full(SHAPE, "a"), boxes=BOXES)
     write(in_dir / "empty.npz")  # no boxes, no clicks: K = 0
     write(in_dir / "flat.npz", imgs=np.zeros(SHAPE[1:], np.uint8))
     (in_dir / "corrupt.npz").write_bytes(b"garbage")
     assert entry.main() == 0
-    err = capsys.readouterr().err
-    assert "4 input files" in err and "'imgs' must be uint8" in err and "not a readable npz" in err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["empty.npz", "float.npz"]
-    assert segs(out_dir / "float.npz").shape == SHAPE and not segs(out_dir / "float.npz").any()
+    err = capfd.readouterr().err  # one run per file: the runs' stderr is the file descriptor's
+    assert "4 input files" in err and "'imgs' dtype <U1 is not numeric" in err and "not a readable npz" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["empty.npz", "text.npz"]
+    assert segs(out_dir / "text.npz").shape == SHAPE and not segs(out_dir / "text.npz").any()
     assert segs(out_dir / "empty.npz").shape == SHAPE and not segs(out_dir / "empty.npz").any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_non_uint8_image_is_converted_and_segmented(dirs, capsys, dtype):
+    """Issue 10 item 8: a float or int16 image is converted (one warning), not zeroed."""
+    in_dir, out_dir = dirs
+    write(in_dir / "a.npz", imgs=(np.arange(np.prod(SHAPE)).reshape(SHAPE) * 3.5 - 100).astype(dtype), boxes=BOXES)
+    assert entry.main() == 0
+    assert capsys.readouterr().err.count("'imgs' is") == 1
+    _assert_fallback_only(segs(out_dir / "a.npz"))
+
+
+def test_more_than_255_classes_gets_zeros_at_once(dirs, monkeypatch, capsys):
+    """Issue 10 item 3: labels above 255 do not fit the uint8 output: one error line, zeros,
+    before any engine work."""
+    in_dir, out_dir = dirs
+    monkeypatch.setenv("SEGFM_ENGINE", "tests.engines:fail")  # must never be reached
+    write(in_dir / "k.npz", boxes=objects([box()] * 256))
+    started = time.monotonic()
+    assert entry.main() == 0
+    assert time.monotonic() - started < 1.0
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "256 classes" in err and "failed" not in err
+    assert segs(out_dir / "k.npz").shape == SHAPE and not segs(out_dir / "k.npz").any()
+
+
+@pytest.mark.parametrize("engine", ["exits", "interrupted"])
+def test_engine_exit_or_interrupt_still_writes(dirs, monkeypatch, capsys, engine):
+    """Issue 10 item 4: SystemExit or KeyboardInterrupt from the engine is salvaged like an
+    exception (class 1 kept from the partial result), and no temp file is left."""
+    in_dir, out_dir = dirs
+    monkeypatch.setenv("SEGFM_ENGINE", f"tests.engines:{engine}")
+    write(in_dir / "a.npz", boxes=BOXES)
+    assert entry.main() == 0
+    assert f"engine tests.engines:{engine} failed" in capsys.readouterr().err
+    _assert_partial_plus_fallback(segs(out_dir / "a.npz"))
+    assert [p.name for p in out_dir.iterdir()] == ["a.npz"]
+
+
+def test_temp_files_of_a_killed_run_are_removed(dirs):
+    """A run killed mid-write (SIGKILL) leaves its temp file; the next run of that case removes it."""
+    in_dir, out_dir = dirs
+    write(in_dir / "a.npz", boxes=BOXES)
+    out_dir.mkdir()
+    (out_dir / ".a.npz.12345.tmp").write_bytes(b"half")
+    (out_dir / ".b.npz.12345.tmp").write_bytes(b"another case's")
+    assert entry.main() == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == [".b.npz.12345.tmp", "a.npz"]
 
 
 def test_empty_or_missing_input_folder_fails(dirs, monkeypatch, capsys):
@@ -176,7 +224,8 @@ def test_watchdog_beats_a_hanging_engine(tmp_path, engine):
 
 def test_native_last_resort_ends_a_gil_bound_hang(tmp_path):
     """Nothing can be written without the GIL, but the run must still end (status 1, stacks on
-    stderr), and the provisional prompt-only file written at start-up is there."""
+    stderr), and the provisional prompt-only file is there although the engine took the GIL
+    from its first instruction (issue 10 item 5)."""
     from app.watchdog import HARD_GRACE_S
 
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
@@ -195,6 +244,21 @@ def test_a_killed_engine_leaves_the_provisional_file(tmp_path):
     result, _ = _run_app(in_dir, out_dir, "tests.engines:killed", deadline_s=30)
     assert result.returncode == -9
     _assert_fallback_only(segs(out_dir / "a.npz"))
+
+
+def test_each_file_gets_its_own_run(tmp_path):
+    """Issue 10 item 6: the watchdog ends its process, so a hanging engine on the first file
+    must not cost the second: each gets its own run and deadline."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    write(in_dir / "a.npz", boxes=BOXES)
+    write(in_dir / "b.npz", boxes=BOXES)
+    result, seconds = _run_app(in_dir, out_dir, "tests.engines:sleep_forever", deadline_s=1.5)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("deadline reached") == 2
+    assert seconds < 2 * (1.5 + 3)
+    _assert_partial_plus_fallback(segs(out_dir / "a.npz"))
+    _assert_partial_plus_fallback(segs(out_dir / "b.npz"))
 
 
 def _assert_fallback_only(out):

@@ -1,9 +1,11 @@
 """The challenge I/O contract: every iteration kind, every clicks_order form, every bad-input row."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from app.io import Box, CaseError, ClassPrompts, load_case, write_segs
+from app.io import LINE_LIMIT, Box, CaseError, ClassPrompts, load_case, to_uint8, write_segs
 from tests.npzcase import AMOS, REPO, SHAPE, box, image, objects, write
 
 DATA = REPO / "tests/data"
@@ -154,14 +156,18 @@ FATAL = {
     "truncated file": (_truncated, None, "npz"),
     "bare npy": (_bare_npy, None, "not an npz archive"),
     "no imgs": (lambda t: write(t / "x.npz", imgs=None, boxes=objects([box()])), None, "no 'imgs'"),
-    "float imgs": (lambda t: write(t / "x.npz", imgs=image().astype(np.float32)), SHAPE, "uint8"),
-    "int16 imgs": (lambda t: write(t / "x.npz", imgs=image().astype(np.int16)), SHAPE, "uint8"),
+    "text imgs": (lambda t: write(t / "x.npz", imgs=np.full(SHAPE, "a")), SHAPE, "not numeric"),
     "2D imgs": (lambda t: write(t / "x.npz", imgs=image()[0]), None, "3D"),
     "4D imgs": (lambda t: write(t / "x.npz", imgs=image()[None]), None, "3D"),
     "K mismatch": (lambda t: write(t / "x.npz", boxes=objects([box(), box()]),
                                    clicks=objects([{"fg": [[1, 1, 1]], "bg": []}]),
                                    clicks_order=np.array([["fg"]])), SHAPE, "2 boxes but 1 click"),
+    "K > 255": (lambda t: write(t / "x.npz", boxes=objects([box()] * 256)), SHAPE, "256 classes"),
 }
+
+
+def test_255_classes_are_fine(tmp_path):
+    assert load_case(write(tmp_path / "x.npz", boxes=objects([box()] * 255))).num_classes == 255
 
 
 @pytest.mark.parametrize("row", FATAL)
@@ -229,6 +235,158 @@ def test_bad_prev_pred(tmp_path, capsys, prev, expected_max, message):
     assert case.prev_pred.dtype == np.uint8 and case.prev_pred.shape == SHAPE
     assert case.prev_pred.max() == expected_max
     assert message in capsys.readouterr().err
+
+
+def test_inf_box_or_click_costs_only_itself(tmp_path, capsys):
+    """Issue 10 item 1: int(inf) raises OverflowError; it must cost that box or click only, not
+    the other classes' prompts or prev_pred."""
+    bad_box = box() | {"z_max": np.float64(np.inf)}
+    clicks = objects([{"fg": [[1, 1, 1], [np.inf, 2, 2]], "bg": []}, {"fg": [[3, 3, 3]], "bg": [[4, 4, 4]]}])
+    prev = np.zeros(SHAPE, np.uint8)
+    prev[1, 1, 1] = 2
+    case = load_case(write(tmp_path / "i.npz", boxes=objects([bad_box, box()]), clicks=clicks,
+                           clicks_order=np.array([["fg", "fg"], ["fg", "bg"]]), prev_pred=prev))
+    assert case.prompts[0].box is None and case.prompts[1].box == Box(1, 4, 2, 2, 9, 3, 7)
+    assert case.prompts[0].fg == [(1, 1, 1)]
+    assert (case.prompts[1].fg, case.prompts[1].bg) == ([(3, 3, 3)], [(4, 4, 4)])
+    np.testing.assert_array_equal(case.prev_pred, prev)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 2 and "class 1 box" in err and "class 1 fg click" in err
+
+
+@pytest.mark.parametrize("order", [np.array(5), np.zeros((2, 2, 2)), np.array("fg")], ids=["0-d", "3-D", "0-d str"])
+def test_unusable_clicks_order_costs_only_itself(tmp_path, capsys, order):
+    """Issue 10 item 2: a 0-d or 3-D clicks_order is ignored with one warning; boxes, clicks and
+    prev_pred are kept."""
+    clicks = objects([{"fg": [[1, 1, 1]], "bg": []}, {"fg": [], "bg": [[2, 2, 2]]}])
+    prev = np.ones(SHAPE, np.uint8)
+    case = load_case(write(tmp_path / "o.npz", boxes=objects([box(), box()]), clicks=clicks,
+                           clicks_order=order, prev_pred=prev))
+    assert [p.order for p in case.prompts] == [[], []]
+    assert case.prompts[0].fg == [(1, 1, 1)] and case.prompts[1].bg == [(2, 2, 2)]
+    assert all(p.box == Box(1, 4, 2, 2, 9, 3, 7) for p in case.prompts)
+    np.testing.assert_array_equal(case.prev_pred, prev)
+    err = capsys.readouterr().err
+    assert "clicks_order" in err and "is not one row per class: ignored" in err
+
+
+def test_one_bad_clicks_order_row_costs_only_that_class(tmp_path, capsys):
+    clicks = objects([{"fg": [[1, 1, 1]], "bg": []}, {"fg": [[2, 2, 2]], "bg": []}, {"fg": [[3, 3, 3]], "bg": []}])
+    order = objects([["fg"], np.zeros((2, 2)), ["fg"]])
+    case = load_case(write(tmp_path / "o.npz", clicks=clicks, clicks_order=order))
+    assert [p.order for p in case.prompts] == [["fg"], [], ["fg"]]
+    assert "clicks_order row of class 2" in capsys.readouterr().err
+
+
+def test_float_coordinates_are_rounded_with_a_warning_each(tmp_path, capsys):
+    """Issue 10 item 7: float box and click coordinates are rounded, one warning per repair."""
+    float_box = {k: float(v) for k, v in box().items()} | {"z_mid_y_max": 8.6}
+    clicks = objects([{"fg": [[1.0, 2.4, 3.0], [2, 2, 2]], "bg": np.array([[3.0, 3.0, 3.6]])}])
+    case = load_case(write(tmp_path / "f.npz", boxes=objects([float_box]), clicks=clicks,
+                           clicks_order=np.array([["fg", "bg", "fg"]]), prev_pred=np.zeros(SHAPE, np.uint8)))
+    assert case.prompts[0].box == Box(1, 4, 2, 2, 9, 3, 7)
+    assert case.prompts[0].fg == [(1, 2, 3), (2, 2, 2)] and case.prompts[0].bg == [(3, 3, 4)]
+    err = capsys.readouterr().err
+    assert err.count("rounded") == 3 and err.count("\n") == 3
+
+
+@pytest.mark.parametrize("value", ["5", np.str_("5"), True, None, [1, 2], np.nan, -np.inf])
+def test_box_values_that_are_not_finite_numbers_are_refused(tmp_path, capsys, value):
+    """Issue 10 item 7: int('5') or int(True) no longer accepts a box silently."""
+    case = load_case(write(tmp_path / "s.npz", boxes=objects([box() | {"z_mid": value}, box()])))
+    assert case.prompts[0].box is None and case.prompts[1].box is not None
+    assert capsys.readouterr().err.count("not finite numbers") == 1
+
+
+@pytest.mark.parametrize("point", [["1", 1, 1], [True, 1, 1], [1, 1], [[1, 1], 1], [1, 1, 1, 1], "abc", None])
+def test_malformed_click_is_dropped(tmp_path, capsys, point):
+    clicks = objects([{"fg": [point, [2, 2, 2]], "bg": []}])
+    case = load_case(write(tmp_path / "c.npz", clicks=clicks, clicks_order=np.array([["fg", "fg"]]),
+                           prev_pred=np.zeros(SHAPE, np.uint8)))
+    assert case.prompts[0].fg == [(2, 2, 2)]
+    assert capsys.readouterr().err.count("dropped") == 1
+
+
+def test_nan_prev_pred_is_ignored_without_numpy_noise(tmp_path, capsys):
+    """Issue 10 item 7: the check runs before any cast, so numpy prints no RuntimeWarning."""
+    prev = np.ones(SHAPE)
+    prev[0, 0, 0] = np.nan
+    clicks = objects([{"fg": [[1, 1, 1]], "bg": []}])
+    path = write(tmp_path / "p.npz", clicks=clicks, clicks_order=np.array([["fg"]]), prev_pred=prev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        case = load_case(path)
+    assert not case.prev_pred.any()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not hold uint8 labels" in err
+
+
+def test_a_huge_value_in_a_message_stays_one_short_line(tmp_path, capsys):
+    clicks = objects([{"fg": [np.zeros((50, 50))], "bg": []}])
+    load_case(write(tmp_path / "h.npz", clicks=clicks, clicks_order=np.array([["fg"]]),
+                    prev_pred=np.zeros(SHAPE, np.uint8)))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) <= LINE_LIMIT + 1
+
+
+# --- imgs conversion (issue 10 item 8): one rule, shared with training ---
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int64, np.float32, np.float64, np.uint16])
+def test_to_uint8_casts_whole_values_in_range(dtype):
+    img = image()
+    out, note = to_uint8(img.astype(dtype))
+    assert out.dtype == np.uint8 and np.array_equal(out, img) and "cast" in note
+
+
+def test_to_uint8_leaves_uint8_alone():
+    img = image()
+    out, note = to_uint8(img)
+    assert out is img and note is None
+
+
+def test_to_uint8_windows_other_values_on_nonzero_percentiles():
+    """CT in HU (negative values) and normalised floats in 0..1 are scaled from the 0.5/99.5
+    percentiles of the nonzero voxels: monotonic, the full 0..255 range, outliers clipped."""
+    rng = np.random.default_rng(1)
+    hu = rng.integers(-1000, 1500, SHAPE).astype(np.int16)
+    hu[0, 0, 0], hu[0, 0, 1] = -30000, 30000  # outliers beyond the window
+    out, note = to_uint8(hu)
+    lo, hi = np.percentile(hu[hu != 0], [0.5, 99.5])
+    assert "percentile" in note and out.min() == 0 and out.max() == 255
+    assert out[0, 0, 0] == 0 and out[0, 0, 1] == 255
+    order = np.argsort(hu, axis=None, kind="stable")
+    assert (np.diff(out.ravel()[order].astype(int)) >= 0).all()  # monotonic
+    inside = (hu > lo) & (hu < hi)
+    np.testing.assert_allclose(out[inside], (hu[inside] - lo) / (hi - lo) * 255, atol=0.51)
+    unit, _ = to_uint8(image().astype(np.float64) / 255.0)  # 0..1 floats are not cast to 0/1
+    assert len(np.unique(unit)) > 200
+
+
+def test_to_uint8_zeroes_non_finite_voxels_quietly():
+    img = image().astype(np.float32) / 7
+    img[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, note = to_uint8(img)
+    assert (out[0, 0, :3] == 0).all() and "non-finite" in note and out.max() == 255
+
+
+@pytest.mark.parametrize(("img", "expected"), [(np.zeros(SHAPE, np.float32), 0), (np.full(SHAPE, np.nan), 0),
+                                               (np.full(SHAPE, 1000, np.int32), 255)])
+def test_to_uint8_degenerate_images(img, expected):
+    out, _ = to_uint8(img)
+    assert out.dtype == np.uint8 and out.shape == SHAPE and (out == expected).all()
+
+
+def test_to_uint8_refuses_non_numeric():
+    with pytest.raises(TypeError, match="not numeric"):
+        to_uint8(np.full(SHAPE, "a"))
+
+
+def test_float_imgs_are_converted_with_one_warning(tmp_path, capsys):
+    case = load_case(write(tmp_path / "f.npz", imgs=image().astype(np.float32) * 4.0 - 7, boxes=objects([box()])))
+    assert case.image.dtype == np.uint8 and case.image.max() == 255 and case.num_classes == 1
+    assert capsys.readouterr().err.count("'imgs' is float32") == 1
 
 
 def test_text_prompts_are_ignored(tmp_path):
