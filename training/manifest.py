@@ -4,7 +4,8 @@
 
 Entries are rebuilt from the files themselves (sha256, size, parameters, the metadata the
 exporter stored) plus the run's checkpoint and history (wall time, throughput) and the
-training code's commit; scores come from a harness summary when given, else stay as they were.
+training code's commit; scores come from a harness summary when given, else stay as they were
+while the file is unchanged: a file whose sha256 changed drops them (they scored other weights).
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def entry(path: Path, previous: dict) -> dict:
     config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"] if ckpt.exists() else None
     commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "training", "app/models"],
                             check=False, capture_output=True, text=True).stdout.strip()
+    digest = sha256(path)
     return {
-        "sha256": sha256(path),
+        "sha256": digest,
         "bytes": path.stat().st_size,
         "architecture": "UNet3D (app/models/unet3d.py), fp16 storage",
         "model_config": weights["model_config"],
@@ -71,7 +73,7 @@ def entry(path: Path, previous: dict) -> dict:
         "run": run_summary(ROOT / "runs" / meta["expert"]) or previous.get("run"),
         "machine": previous.get("machine") or f"{platform.machine()} {platform.processor() or ''} CPU, 2 cores".strip(),
         "training_code_commit": commit or previous.get("training_code_commit"),
-        "harness_scores": previous.get("harness_scores"),
+        "harness_scores": previous.get("harness_scores") if previous.get("sha256") == digest else None,
     }
 
 
