@@ -128,15 +128,23 @@ def to_uint8(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     cast = _whole_uint8(image)
     if cast is not None:
         return cast, f"{image.dtype} holding whole values in 0..255: cast to uint8"
-    finite = np.isfinite(image)
-    nonzero = image[finite & (image != 0)]
+    x = image.astype(np.float64)  # the one working copy: everything below is in place
+    finite = np.isfinite(x)
+    nonzero = x[finite & (x != 0)]
     if nonzero.size == 0:
         return np.zeros(image.shape, np.uint8), f"{image.dtype} without a finite nonzero voxel: all zero"
     lo, hi = (float(v) for v in np.percentile(nonzero, [0.5, 99.5]))
-    x = np.where(finite, image, -np.inf).astype(np.float32)  # -inf: clipped to lo, i.e. 0
-    out = np.rint((np.clip(x, lo, hi) - lo) * np.float32(255 / (hi - lo))) if hi > lo else (x >= hi) * 255.0
+    del nonzero
+    x[~finite] = -np.inf  # clipped to lo below, i.e. 0
+    if hi > lo:
+        np.clip(x, lo, hi, out=x)
+        x -= lo
+        x *= 255 / (hi - lo)
+        np.rint(x, out=x)
+    else:  # (nearly) a single nonzero value, e.g. a mask: at or above it -> 255
+        x = (x >= hi) * 255.0
     note = f"{image.dtype}: scaled to uint8 from the 0.5/99.5 percentile window {lo:.6g}..{hi:.6g} of the nonzero voxels"
-    return out.astype(np.uint8), note + ("" if finite.all() else ", non-finite voxels set to 0")
+    return x.astype(np.uint8), note + ("" if finite.all() else ", non-finite voxels set to 0")
 
 
 def load_case(path: str | os.PathLike) -> Case:
