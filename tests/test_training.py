@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import edt
 import numpy as np
 import pytest
 import torch
@@ -30,7 +31,22 @@ def test_generator_is_deterministic_and_labels_are_sane(look):
     assert present[0] == 0 and np.array_equal(present, np.arange(len(present)))  # contiguous 0..K
     assert all((a.labels == k).sum() >= 20 for k in present[1:])
     assert a.image.size <= 1.3e6 and np.all(a.spacing > 0)
-    assert a.no_box == (look == "microscopy") or look in ("ct", "mr")
+    if look not in ("ct", "mr"):
+        assert a.no_box == (look == "microscopy")
+
+
+def test_no_box_ct_and_mr_cases_are_thin_tubes():
+    """CT/MR cases without boxes must be vessel trees: every class thin, not a blob."""
+    found = 0
+    for seed in range(40):
+        case = synth.generate(np.random.default_rng(seed), "ct" if seed % 2 else "mr")
+        if not case.no_box:
+            continue
+        found += 1
+        for k in range(1, case.labels.max() + 1):
+            depth = edt.edt((case.labels == k).astype(np.uint8), anisotropy=tuple(case.spacing))
+            assert depth.max() <= 3.5 * case.spacing[1:].mean() + case.spacing.max()
+    assert found >= 2
 
 
 def test_tissue_scene_interleaves_classes_inside_the_body():
@@ -151,3 +167,32 @@ def test_manifest_matches_the_weight_files():
         for key in ("parameters", "steps", "data", "training_config", "training_code_commit", "machine"):
             assert item.get(key), f"{name}: manifest lacks {key}"
     assert total <= 50e6
+
+
+def test_training_rounds_are_the_engines_predictions():
+    """One prediction path: a simulated round equals engine.run on the same prompts."""
+    from app import engine
+    from app.experts import Expert
+    from app.io import Box, Case, ClassPrompts
+    from harness.official import error_click
+
+    torch.manual_seed(0)
+    cfg = train.TrainConfig(patch=16, precision="fp32")
+    model = build_unet()
+    case = synth.generate(np.random.default_rng(5), "ct")
+    truth = case.labels == 1
+    lo, hi = jittered_box(np.random.default_rng(0), truth)
+    box = Box(int(lo[0]), int(hi[0]), int(lo[0] + hi[0]) // 2, int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]))
+    segmenter = train.segmenter_for(model, case, cfg)
+    experts = (Expert.from_model(model, 16, "cpu", bf16=False), None)
+    prev, fg, bg, order = None, [], [], []
+    for _ in range(2):
+        mask = segmenter.segment(engine.ClassView.single((lo, hi), fg, bg, order, prev))[0].mask_full()
+        file_case = Case("CT_t.npz", case.image, case.spacing, [ClassPrompts(box, list(fg), list(bg), list(order))],
+                         None if prev is None else prev.astype(np.uint8), len(order), True)
+        out = engine.run(file_case, None, deadline=float("inf"), experts=experts)
+        assert np.array_equal(out == 1, mask)
+        click = error_click(mask, truth)
+        (fg if click[1] else bg).append(click[0])
+        order.append("fg" if click[1] else "bg")
+        prev = mask
