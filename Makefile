@@ -65,3 +65,10 @@ train: setup
 
 train-smoke: setup
 	$(PY) -m training.train --smoke --out-dir runs/smoke --export runs/smoke/expert.pt
+
+# Real-data layer speed (training.data): samples/s with 0, 1, 2 workers, with and without the
+# memory-mapped cache, and the share of a training step spent waiting for data (fake data set
+# unless BENCH_DATA_ARGS="--data DIR ..."). A few minutes on 2 cores.
+.PHONY: bench-data
+bench-data: setup
+	$(PY) -m harness.bench_data $(BENCH_DATA_ARGS)
