@@ -34,9 +34,17 @@ lint: setup
 # The official loop replayed on the labelled cases (tests/data/labelled + ../shared/samples/labelled):
 # engine vs baselines, box and no-box; report in reports/eval/. Narrow it with
 # EVAL_ARGS="--cases MR_PyRadiomics_brain2 --predictor engine,classical".
+# Validation set: make valset && make eval EVAL_ARGS="--data reports/valset" (box cases also run
+# without boxes here; no-box cases of its tasks.json only without).
 EVAL_ARGS ?=
 eval: setup
 	$(PY) -m harness.eval --both-modes $(EVAL_ARGS)
+
+# The task-mix validation set (real CT/MR with rule labels + procedural cases) -> reports/valset,
+# see harness/valset.py. Skips the cases whose source in ../shared/samples is absent.
+.PHONY: valset
+valset: setup
+	$(PY) -m harness.valset --out reports/valset
 
 # Delivery image, on a machine with Docker and docker-squash (pip install docker-squash==1.2.2).
 # Not runnable on the CI machine (no Docker engine): there, `make container-test` builds and

@@ -5,6 +5,10 @@ so the engine and the baselines are timed the same way. Examples:
     python -m harness.eval                                  # all predictors, all labelled cases
     python -m harness.eval --predictor classical --cases MR_PyRadiomics_brain2 --both-modes
     python -m harness.eval --shard 0/2 --out reports/eval/s0; python -m harness.merge reports/eval/s*
+    python -m harness.valset && python -m harness.eval --data reports/valset --predictor classical,boxfill
+
+A data folder may hold a tasks.json (harness.valset writes one): its cases run in their declared
+box mode, and their records carry each class's name and task type for the per-task tables.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +51,9 @@ def find_cases(dirs: list[Path], names: list[str] | None) -> list[Path]:
 def jobs_for(cases: list[Path], predictors: list[str], no_box: bool, both: bool) -> list[tuple]:
     """(case path, box mode, predictor) in a fixed order, so shards are stable."""
     jobs = []
+    tasks = {folder: loop.load_tasks(folder) for folder in {Path(p).parent for p in cases}}
     for path in cases:
-        auto = loop.default_box_mode(path.stem) and not no_box
+        auto = loop.default_box_mode(path.stem, tasks[Path(path).parent]) and not no_box
         modes = [True, False] if both and auto else [auto]
         jobs += [(path, box, name) for box in modes for name in predictors]
     return jobs
@@ -55,15 +61,21 @@ def jobs_for(cases: list[Path], predictors: list[str], no_box: bool, both: bool)
 
 def run_job(job: tuple, out: Path, container: str | None, timeout: float) -> dict:
     path, box_mode, name = job
+    start = time.perf_counter()
     engine = PREDICTORS.get(name, name)  # a 'module:function' name runs that function
     case = loop.load_labelled(path)
+    classes = loop.load_tasks(Path(path).parent).get(case.name, {}).get("classes")
     predictor = loop.ProcessPredictor(engine=engine, container=container, timeout=timeout)
     mode = "box" if box_mode else "no-box"
     record, preds = loop.run_case(case, predictor, box_mode, label=f"{case.name} {name} {mode}")
     pred_path = (out / "preds" / f"{case.name}__{mode}__{name.replace(':', '.')}.npz").resolve()
     pred_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(pred_path, final=preds[max(preds)], first=preds[min(preds)])
-    return {**record, "predictor": name, "path": str(Path(path).resolve()), "preds": str(pred_path)}
+    typed = {}
+    if classes and len(classes) == case.num_classes:
+        typed = {"task_types": [c["task"] for c in classes], "class_names": [c["name"] for c in classes]}
+    return {**record, **typed, "predictor": name, "path": str(Path(path).resolve()), "preds": str(pred_path),
+            "wall_s": time.perf_counter() - start}
 
 
 def _run_job(args) -> dict:

@@ -5,11 +5,15 @@ input holding the cumulative clicks, clicks_order and the predictor's previous o
 mode skips iteration 0 and starts from an all-zero prev_pred with one click per class, as the
 organisers do for microscopy. A missing or malformed output counts as all background and is
 flagged, so one broken run is visible in the report instead of aborting the evaluation.
+A run that wrote its file only through the entrypoint's salvage (the watchdog at the deadline,
+or the fallback after an engine failure) is recorded as such (`salvage`), read from its stderr.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,9 +30,18 @@ from harness.official import add_clicks, boxes_from_labels
 REPO = Path(__file__).resolve().parents[1]
 CLICK_ITERATIONS = 5
 NO_BOX_PREFIXES = ("Microscopy_",)
+TASKS_FILE = "tasks.json"  # a data folder's case -> box mode and per-class task types (harness.valset)
 
-# (input_dir, output_dir) -> None; the loop times the call.
-Predictor = Callable[[Path, Path], None]
+# (input_dir, output_dir) -> None, or a dict of run notes ({"salvage": ...}); the loop times the call.
+Predictor = Callable[[Path, Path], "dict | None"]
+
+# What app/__main__.py prints when the output is not the engine's own result (its _summary and
+# _load_engine lines); the first match names the kind of salvage.
+SALVAGE_PATTERNS = (
+    ("deadline", re.compile(r"engine=deadline reached")),
+    ("engine failed", re.compile(r"engine=\S+ failed -> fallback")),
+    ("fallback engine", re.compile(r"using the fallback engine")),
+)
 
 
 @dataclass
@@ -53,8 +66,29 @@ def load_labelled(path: Path) -> LabelledCase:
     return case
 
 
-def default_box_mode(name: str) -> bool:
+def load_tasks(folder: Path) -> dict:
+    """The `cases` of a data folder's tasks.json (case -> {"box": bool, "classes": [...]}), or {}."""
+    path = Path(folder) / TASKS_FILE
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get("cases", {})
+
+
+def default_box_mode(name: str, tasks: dict | None = None) -> bool:
+    """A case's declared mode (tasks.json `box`) when it has one, else by name: Microscopy_* runs without boxes."""
+    declared = (tasks or {}).get(name, {}).get("box")
+    if declared is not None:
+        return bool(declared)
     return not name.startswith(NO_BOX_PREFIXES)
+
+
+def salvage_kind(stderr: str) -> str | None:
+    """'deadline' when the watchdog wrote the file at the deadline, 'engine failed' / 'fallback
+    engine' when the entrypoint's fallback did, None for the engine's own result."""
+    for kind, pattern in SALVAGE_PATTERNS:
+        if pattern.search(stderr or ""):
+            return kind
+    return None
 
 
 class ProcessPredictor:
@@ -78,7 +112,7 @@ class ProcessPredictor:
             env["SEGFM_ENGINE"] = self.engine
         return ["sh", "predict.sh"], env
 
-    def __call__(self, input_dir: Path, output_dir: Path) -> None:
+    def __call__(self, input_dir: Path, output_dir: Path) -> dict:
         cmd, env = self.command(input_dir, output_dir)
         try:
             done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True,
@@ -88,6 +122,7 @@ class ProcessPredictor:
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"exit {done.returncode}: {' | '.join(tail)}")
+        return {"salvage": salvage_kind(done.stderr)}
 
 
 def read_output(path: Path, shape: tuple) -> tuple[np.ndarray, str | None]:
@@ -142,24 +177,27 @@ def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: st
             arrays = iteration_input(case, boxes, clicks if it else None, clicks_order, segs)
             np.savez_compressed(in_dir / f"{case.name}.npz", **arrays)
             start = time.perf_counter()
+            notes, error = None, None
             try:
-                predictor(in_dir, out_dir)
-                error = None
+                notes = predictor(in_dir, out_dir)
             except Exception as exc:  # noqa: BLE001 (recorded, like a crashed container)
                 error = str(exc)
             seconds = time.perf_counter() - start
+            salvage = notes.get("salvage") if isinstance(notes, dict) else None
             segs, flag = read_output(out_dir / f"{case.name}.npz", case.gts.shape)
             flag = "; ".join(f for f in (error, flag) if f) or None
-            rec = {"iteration": it, "seconds": seconds, "flag": flag,
+            rec = {"iteration": it, "seconds": seconds, "flag": flag, "salvage": salvage,
                    **metrics.score(segs, case.gts, case.spacing)}
             records.append(rec)
             preds[it] = segs
             print(f"{label or case.name} it{it} {seconds:6.1f}s DSC {rec['dsc']:.3f}"
-                  + (f"  [{flag}]" if flag else ""), file=log, flush=True)
+                  + (f"  [{flag}]" if flag else "") + (f"  [salvage: {salvage}]" if salvage else ""),
+                  file=log, flush=True)
     record = {"case": case.name, "mode": "box" if box_mode else "no-box", "num_classes": case.num_classes,
               "shape": list(case.gts.shape), "spacing": [float(v) for v in case.spacing],
               "boxes": None if boxes is None else [{k: int(v) for k, v in b.items()} for b in boxes],
               "clicks": clicks, "clicks_order": clicks_order, "iterations": records,
+              "per_class": metrics.per_class(records, case.num_classes),
               **metrics.summarise(records, case.num_classes)}
     return record, preds
 

@@ -98,3 +98,22 @@ def summarise(iterations: list[dict], num_classes: int) -> dict:
     timed = {f"{key}_timed": (0.0 if over and value is not None else value) for key, value in raw.items()}
     return {**raw, **timed, "seconds": float(sum(seconds)), "budget_s": SECONDS_PER_CLASS * num_classes,
             "over_budget": over}
+
+
+def per_class(iterations: list[dict], num_classes: int) -> list[dict]:
+    """Class-level scores (class i is label i + 1), computed as summarise does for the case mean."""
+    by_it = {rec["iteration"]: rec for rec in iterations}
+    clicks = [by_it[i] for i in sorted(by_it) if i >= 1]
+    out = []
+    for c in range(num_classes):
+        dsc_clicks = [rec["dsc_per_class"][c] for rec in clicks]
+        nsd_clicks = [rec["nsd_per_class"][c] for rec in clicks]
+        out.append({
+            "label": c + 1,
+            "dsc_iter0": by_it[0]["dsc_per_class"][c] if 0 in by_it else None,
+            "dsc_auc": auc(dsc_clicks),
+            "dsc_final": dsc_clicks[-1],
+            "nsd_auc": auc(nsd_clicks),
+            "nsd_final": nsd_clicks[-1],
+        })
+    return out

@@ -1,0 +1,122 @@
+"""The validation set's rules on small crops: non-empty contiguous labels of the expected task types.
+
+The CT sources live in ../shared/samples (absent on some machines: those tests skip); the two MR
+sources are also in tests/data/labelled."""
+
+import json
+
+import numpy as np
+import pytest
+
+from harness import eval as harness_eval
+from harness import loop, valset
+
+
+def source(name):
+    path = valset.find_source(name)
+    if path is None:
+        pytest.skip(f"{name} not available (../shared/samples absent)")
+    return path
+
+
+def check(case, expected_tasks):
+    labels = np.unique(case.gts)
+    assert np.array_equal(labels[labels > 0], np.arange(1, case.num_classes + 1))
+    assert [c["task"] for c in case.classes] == expected_tasks
+    for c in case.classes:
+        assert (case.gts == c["label"]).sum() == c["voxels"] >= valset.MIN_VOXELS
+        assert 0 < c["box_fill"] <= 1
+    assert case.imgs.dtype == np.uint8 and case.imgs.shape == case.gts.shape
+
+
+def test_chest_ct_rules_on_a_crop():
+    d = valset.load_npz(source("CT_PyRadiomics_lung1"))
+    imgs, lesion, spacing = valset.downsample(d["imgs"][14:38], d["gts"][14:38] > 0, d["spacing"], 4)
+    assert np.allclose(spacing, np.asarray(d["spacing"]) * [4, 4, 1])
+    case = valset.chest_ct("CT_test", imgs, lesion, spacing, "crop")
+    check(case, ["organ", "organ", "organ", "thin", "lesion"])
+    names = [c["name"] for c in case.classes]
+    right, left = (np.argwhere(case.gts == names.index(n) + 1)[:, 2].mean() for n in ("lung_right", "lung_left"))
+    assert right < left  # the lung at low x is the right one (LPS array order)
+    bone = case.gts == names.index("bone") + 1
+    assert (case.imgs[bone] >= valset.BONE_LEVEL).all()
+
+
+def test_lung_pair_split_cuts_a_bridge():
+    mask = np.zeros((3, 30, 50), bool)
+    mask[:, 5:25, 3:20] = True
+    mask[:, 5:25, 30:47] = True
+    mask[:, 14:16, 20:30] = True  # a 2-voxel airway joining them
+    a, b = valset.split_pair(mask, (5.0, 1.0, 1.0))
+    assert a.sum() > 900 and b.sum() > 900 and not (a & b).any()
+    assert np.argwhere(a)[:, 2].max() < np.argwhere(b)[:, 2].min()
+
+
+def test_abdomen_ct_rules_on_a_crop():
+    d = valset.load_npz(source("CT_AMOS_amos_0018"))
+    imgs, _, spacing = valset.downsample(d["imgs"][36:], np.zeros(d["imgs"][36:].shape, bool), d["spacing"], 4)
+    case = valset.abdomen_ct("CT_test", imgs, spacing, "crop")
+    check(case, ["organ", "thin", "thin"])
+    assert [c["name"] for c in case.classes] == ["body", "bone", "lung_bases"]
+
+
+def test_icbm_tissue_is_kept_and_parcels_touch_within_hemispheres():
+    path = source("MR_ICBM152_tissue")
+    tissue, parcels = valset.icbm_cases(path)
+    truth = loop.load_labelled(path).gts
+    check(tissue, ["thin", "organ", "thin"])
+    assert np.array_equal(tissue.gts, truth)
+    check(parcels, ["parcel"] * 2 * valset.PARCELS_PER_SIDE)
+    assert np.array_equal(parcels.gts > 0, (truth == 1) | (truth == 2))
+    assert np.array_equal(parcels.imgs, tissue.imgs)
+    mid = parcels.notes["midline_x"]
+    xs = np.arange(truth.shape[2])
+    for c in parcels.classes:
+        mask = parcels.gts == c["label"]
+        assert valset.largest_component(mask, connectivity=26).sum() == c["voxels"]  # one piece
+        side = xs[np.any(mask, axis=(0, 1))]
+        assert (side < mid).all() if c["name"].startswith("R") else (side >= mid).all()
+    # every parcel touches another one (adjacent regions of one intensity)
+    from scipy import ndimage
+
+    for c in parcels.classes:
+        ring = ndimage.binary_dilation(parcels.gts == c["label"]) & (parcels.gts > 0) & (parcels.gts != c["label"])
+        assert ring.any()
+
+
+def test_brain2_head_and_real_lesion():
+    path = source("MR_PyRadiomics_brain2")
+    case = valset.build_brain2(path)
+    check(case, ["organ", "lesion"])
+    assert case.classes[1]["voxels"] == int((loop.load_labelled(path).gts > 0).sum())
+
+
+def test_procedural_cases_are_deterministic_and_box_less(tmp_path):
+    nuclei = valset.nuclei_case(count=8, shape=(12, 48, 48))
+    again = valset.nuclei_case(count=8, shape=(12, 48, 48))
+    assert np.array_equal(nuclei.gts, again.gts) and np.array_equal(nuclei.imgs, again.imgs)
+    assert not nuclei.box and nuclei.num_classes >= 5
+    check(nuclei, ["instance"] * nuclei.num_classes)
+    trees = valset.vessel_trees(np.random.default_rng(0), (24, 48, 48), (1.0, 0.7, 0.7), trees=2)
+    assert set(np.unique(trees)) <= {0, 1, 2} and (trees > 0).any()
+
+
+def test_written_set_declares_modes_for_the_harness(tmp_path):
+    valset.main(["--out", str(tmp_path), "--only", "brain2"])
+    case = valset.nuclei_case(count=6, shape=(10, 40, 40))
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    tasks["cases"][case.name] = valset.write(case, tmp_path)
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    loaded = loop.load_tasks(tmp_path)
+    assert loaded["MR_valset_brain2_head"]["box"] is True and loaded[case.name]["box"] is False
+    assert [c["task"] for c in loaded["MR_valset_brain2_head"]["classes"]] == ["organ", "lesion"]
+    for name in loaded:
+        loop.load_labelled(tmp_path / f"{name}.npz")  # contiguous 1..K, loadable by the harness
+    # a box-less case declared in tasks.json runs without boxes even under a name the prefix rule would box
+    loaded["CT_declared"] = {"box": False}
+    assert not loop.default_box_mode("CT_declared", loaded) and loop.default_box_mode("CT_other", loaded)
+    assert not loop.default_box_mode("Microscopy_x") and loop.default_box_mode("CT_x")
+    cases = harness_eval.find_cases([tmp_path], None)
+    jobs = harness_eval.jobs_for(cases, ["boxfill"], no_box=False, both=True)
+    assert {(p.stem, box) for p, box, _ in jobs} == {("MR_valset_brain2_head", True), ("MR_valset_brain2_head", False),
+                                                     (case.name, False)}
