@@ -8,7 +8,7 @@ without the memory-mapped cache, it reports:
   - samples/s of the stream alone (a sample = one cropped labelled case, training.data);
   - the share of a training step spent waiting for data: a loop that takes `--batch` samples
     from the stream, then runs a fixed forward/backward of app.models.unet3d.build_unet() on a
-    batch of 48^3 patches (bf16 autocast on CPU, as training.train). The interaction
+    batch of 48^3 patches (bf16 autocast as training.train; --device cuda on a GPU). The interaction
     simulation is not in the step, so the real step is longer and the real share smaller.
 Target (issue 11): with the cache, data waits under 10 % of a step on 2 cores.
 """
@@ -46,14 +46,17 @@ def fake_folder(tmp: Path, scale: float, per_dataset: int) -> Path:
 
 
 def model_step(model, optim, batch: int, patch: int) -> None:
-    x = torch.randn(batch, 5, patch, patch, patch)
-    y = (torch.rand(batch, 1, patch, patch, patch) > 0.5).float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    device = next(model.parameters()).device
+    x = torch.randn(batch, 5, patch, patch, patch, device=device)
+    y = (torch.rand(batch, 1, patch, patch, patch, device=device) > 0.5).float()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         logits = model(x)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
     optim.zero_grad(set_to_none=True)
     loss.backward()
     optim.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def throughput(data: LabelledData, workers: int, samples: int, seed: int) -> float:
@@ -89,6 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=8.0, help="fake set in-plane size factor")
     parser.add_argument("--per-dataset", type=int, default=4, help="fake files per dataset")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training step")
+    parser.add_argument("--device", default="cpu", help="where the model step runs (cpu, cuda)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--patch", type=int, default=48)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
         print(f"crop size: median {np.median(crops) / 1e3:.0f}k voxels, max {max(crops) / 1e6:.2f}M "
               f"(example {sample.source} label {sample.label_id}: {sample.image.shape})", flush=True)
 
-        model = build_unet()
+        model = build_unet().to(args.device)
         optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for _ in range(2):
             model_step(model, optim, args.batch, args.patch)
@@ -128,7 +132,7 @@ def main(argv=None) -> int:
         for _ in range(3):
             model_step(model, optim, args.batch, args.patch)
         step_s = (time.perf_counter() - start) / 3
-        print(f"model step alone (build_unet, batch {args.batch}, {args.patch}^3, {args.threads} threads): "
+        print(f"model step alone (build_unet, batch {args.batch}, {args.patch}^3, {args.device}, {args.threads} threads): "
               f"{step_s:.2f}s", flush=True)
 
         rows = []

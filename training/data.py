@@ -273,11 +273,13 @@ class LabelledData:
         ids = np.asarray(info.label_ids)
         meets = np.all(boxes[:, :3] < hi, axis=1) & np.all(boxes[:, 3:] > lo, axis=1) & (ids != label)
         others = ids[meets]
+        if len(others) == 0:
+            return (crop == label).view(np.uint8)
         if ids.max() < 2**20:
             lut = np.zeros(int(ids.max()) + 1, np.uint8)
             lut[others] = np.minimum(np.arange(len(others)) + 2, 255)
             lut[label] = 1
-            out = lut[crop]
+            out = np.take(lut, crop)  # about twice as fast as lut[crop]
         else:  # huge sparse ids (uint32): no lookup table
             out = np.zeros(crop.shape, np.uint8)
             out[crop == label] = 1
