@@ -35,30 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-try:
-    from app.io import to_uint8
-except ImportError:  # pragma: no cover - app.io.to_uint8 is being added; same contract until then
-    def to_uint8(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """uint8 as is; values already in 0..255: a plain cast; else the 0.5/99.5 percentile
-        window of the nonzero voxels onto 0..255 (zeros stay 0). Returns (array, note-or-None)."""
-        if image.dtype == np.uint8:
-            return image, None
-        if image.dtype.kind not in "biuf":
-            raise TypeError(f"dtype {image.dtype} is not numeric")
-        if image.dtype == np.bool_:
-            return image.astype(np.uint8), None
-        lo_v, hi_v = image.min(), image.max()
-        integral = np.issubdtype(image.dtype, np.integer) or bool(np.all(np.mod(image, 1) == 0))
-        if lo_v >= 0 and hi_v <= 255 and integral:
-            return image.astype(np.uint8), None
-        values = image[image != 0].astype(np.float64)
-        lo, hi = np.percentile(values, (0.5, 99.5)) if values.size else (0.0, 1.0)
-        hi = hi if hi > lo else lo + 1.0
-        out = np.clip((image.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255.0
-        out = np.rint(out).astype(np.uint8)
-        out[image == 0] = 0
-        return out, f"{image.dtype} converted to uint8 by the 0.5/99.5 percentile window of nonzero voxels"
-
+from app.io import to_uint8
 
 INDEX_VERSION = 1
 MODALITIES = {"ct": "CT", "mr": "MR", "pet": "PET", "us": "US", "microscopy": "Microscopy"}
