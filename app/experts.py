@@ -44,17 +44,20 @@ def autocast(device: torch.device | str, enabled: bool | None = None) -> torch.a
 class Expert:
     """One U-Net: prompts on a RoI in, logits on the RoI's crop grid out."""
 
-    def __init__(self, model: torch.nn.Module, patch: int, device: torch.device, bf16: bool | None = None):
+    def __init__(self, model: torch.nn.Module, patch: int, device: torch.device, bf16: bool | None = None,
+                 flips: bool = False):
         self.model, self.device = model, torch.device(device)
         self.patch = (int(patch),) * 3
         self.bf16 = bf16
+        self.flips = flips  # test-time augmentation: mean logits over the 4 in-plane flips
 
     @classmethod
-    def load(cls, path: Path, device: torch.device) -> Expert:
+    def load(cls, path: Path, device: torch.device, patch: int | None = None, flips: bool = False) -> Expert:
+        """From a weights file; `patch` overrides the trained patch (the net is convolutional)."""
         weights = torch.load(path, map_location="cpu", weights_only=False)
         model = build_unet(weights["model_config"])
         model.load_state_dict({k: v.float() for k, v in weights["model"].items()})
-        return cls(model.eval().to(device), weights["meta"]["patch"], device)
+        return cls(model.eval().to(device), patch or weights["meta"]["patch"], device, flips=flips)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, patch: int, device, bf16: bool | None = None) -> Expert:
@@ -67,17 +70,25 @@ class Expert:
         """(D, H, W) float32 logits on the crop grid of `roi` (CPU tensor); prompts as app.prompts.encode."""
         x = encode(image, roi, spacing, box, fg, bg, prev, prev_on_crop)[None].to(self.device)
         with autocast(self.device, self.bf16):
-            out = self.model(x).float()
+            if self.flips:
+                out = sum(self.model(x.flip(d)).float().flip(d) for d in ([], [3], [4], [3, 4])) / 4
+            else:
+                out = self.model(x).float()
         return from_patch(out[0], roi)[0].cpu()
 
 
 def load_experts(weights_dir: Path = WEIGHTS) -> tuple[Expert | None, Expert | None]:
     """(global, local) experts from weights_dir; None for a missing file.
 
-    cudnn.benchmark stays off: a run makes a handful of forward passes, too few to repay tuning.
+    SEGFM_GLOBAL_PATCH sets the global expert's patch (default: the trained one), SEGFM_FLIPS=1
+    turns on flip averaging. cudnn.benchmark stays off: a run makes a handful of forward
+    passes, too few to repay tuning.
     """
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    found = [weights_dir / f"{name}_expert.pt" for name in ("global", "local")]
-    return tuple(Expert.load(path, device) if path.exists() else None for path in found)
+    flips = os.environ.get("SEGFM_FLIPS", "0") == "1"
+    patches = {"global": int(os.environ.get("SEGFM_GLOBAL_PATCH", "0")) or None, "local": None}
+    found = {name: weights_dir / f"{name}_expert.pt" for name in patches}
+    return tuple(Expert.load(path, device, patches[name], flips) if path.exists() else None
+                 for name, path in found.items())

@@ -131,7 +131,7 @@ def test_same_checkpoint_restores_the_same_state(tmp_path):
     rng = np.random.default_rng(5)
     rng.random(3)
     path = tmp_path / "ckpt.pt"
-    train.save_checkpoint(path, model, optim, 7, rng, train.TrainConfig(), distributed=False)
+    train.save_checkpoint(path, model, optim, 7, rng, None, train.TrainConfig(), distributed=False)
     ckpt = torch.load(path, weights_only=False)
     other = build_unet()
     other.load_state_dict(ckpt["model"])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from training import real
+from training.data import BUNDLED_SPLIT, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights"
@@ -66,8 +66,8 @@ def entry(path: Path, previous: dict) -> dict:
         "steps": meta["step"],
         "data": {
             "generator": f"training/synth.py v{meta['generator_version']} (procedural)",
-            "real_training_cases": list(real.TRAIN),
-            "real_validation_cases_never_trained_on": list(real.VALIDATION),
+            "real_training_cases": [p for split, p in read_split(BUNDLED_SPLIT) if split == "train"],
+            "real_validation_cases_never_trained_on": [p for split, p in read_split(BUNDLED_SPLIT) if split != "train"],
         },
         "training_config": config or previous.get("training_config"),
         "run": run_summary(ROOT / "runs" / meta["expert"]) or previous.get("run"),

@@ -5,8 +5,9 @@
     torchrun --nproc_per_node 2 -m training.train --expert global     # DDP: gloo on CPU, nccl on GPUs
     python -m training.train --smoke                                 # CI: a few steps, tiny patches
 
-Data: procedural cases (training.synth) plus the training split of the real labelled cases
-(training.real), some relabelled by rules into touching parcels. Every sample replays
+Data: procedural cases (training.synth) mixed with folders of challenge-format labelled
+files (--data, training.data; by default the bundled real cases' training split), some
+relabelled by rule into touching parcels. Every sample replays
 0..max_rounds prompt rounds through the engine's own per-class predictor
 (app.engine.ClassSegmenter around the live model: autobox, RoI, regrowth, local pass), so
 training sees the masks the engine would make. Global samples are the RoI the engine takes
@@ -24,7 +25,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,10 @@ from app.experts import Expert, autocast, cpu_has_bf16
 from app.models.unet3d import build_unet, config_dict
 from app.prompts import encode
 from app.roi import crop, prompt_bounds, roi_around, to_patch, window_at
+from harness import loop as harness_loop
 from harness.official import error_click
-from training import real, synth
+from training import synth
+from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, resume_start
 from training.interaction import jittered_box, perturbed_mask, sampled_click
 
 
@@ -55,7 +58,13 @@ class TrainConfig:
     max_steps: int = 2000           # length of the cosine schedule
     minutes: float = 60.0           # wall-clock budget of this invocation (resume continues)
     max_rounds: int = 3             # engine rounds replayed before the trained one
-    real_fraction: float = 0.15     # share of samples drawn from real labelled cases
+    data: list = field(default_factory=list)  # folders of challenge-format training files; [] = the bundled cases
+    split_file: str = ""            # "<split> <pattern>" lines (training.data); default the bundled split
+    data_weights: str = ""          # sampling weights, e.g. "CT=2,Microscopy=0.5" (training.data.parse_weights)
+    data_workers: int = 0           # DataLoader workers reading --data ahead of the step
+    synth_fraction: float = 0.85    # share of procedural samples (the bundled data holds two small cases)
+    parcel_fraction: float = 0.3    # share of data samples relabelled by rule into touching parcels
+    val_data: str = ""              # a folder of labelled files: the official loop on it every eval, best kept
     local_fraction: float = 0.3     # share of local-window samples in a global run (one net, both views)
     error_weight: float = 2.0       # extra BCE weight where the previous mask disagrees with the truth
     device: str = "cpu"
@@ -65,6 +74,7 @@ class TrainConfig:
     out_dir: str = ""               # default runs/<expert>
     init: str = ""                  # weights file to start from when no checkpoint exists (fine-tune)
     export: str = ""                # default weights/<expert>_expert.pt
+    export_from: str = ""           # only export this checkpoint (e.g. a running run's) to --export, then stop
     ckpt_minutes: float = 5.0
     eval_minutes: float = 10.0
     val_cases: int = 12
@@ -83,10 +93,10 @@ class CasePool:
     def __init__(self, size: int = 16, reuse: float = 0.6):
         self.size, self.reuse, self.cases = size, reuse, []
 
-    def draw(self, rng: np.random.Generator, cfg: TrainConfig, real_cases):
-        if real_cases and rng.random() < cfg.real_fraction:
-            case = real_cases[int(rng.integers(len(real_cases)))]
-            return real.rule_parcels(rng, case) if rng.random() < 0.5 else case
+    def draw(self, rng: np.random.Generator, cfg: TrainConfig, stream):
+        if stream is not None and rng.random() >= cfg.synth_fraction:
+            case = next(stream)
+            return synth.parcellate(rng, case) if rng.random() < cfg.parcel_fraction else case
         if len(self.cases) == self.size and rng.random() < self.reuse:
             return self.cases[int(rng.integers(self.size))]
         case = synth.generate(rng)
@@ -107,7 +117,10 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
     Box-less classes start as the organisers start them: one click at the object's centre.
     The first previous mask is sometimes a perturbed truth, for variety beyond the model's errors.
     """
-    label = int(rng.choice(np.unique(case.labels)[1:]))
+    if getattr(case, "label_id", None) is not None:  # a data crop: its chosen label is 1 (training.data)
+        label = 1
+    else:
+        label = int(rng.choice(np.unique(case.labels)[1:]))
     truth = case.labels == label
     use_box = rng.random() < (0.2 if case.no_box else 0.9)
     box = jittered_box(rng, truth) if use_box else None
@@ -169,10 +182,10 @@ def local_sample(rng, case, model, cfg: TrainConfig):
     return x, y
 
 
-def make_batch(rng, cfg, model, real_cases, pool: CasePool):
+def make_batch(rng, cfg, model, stream, pool: CasePool):
     samples = []
     for _ in range(cfg.batch):
-        case = pool.draw(rng, cfg, real_cases)
+        case = pool.draw(rng, cfg, stream)
         local = cfg.expert == "local" or rng.random() < cfg.local_fraction
         samples.append((local_sample if local else global_sample)(rng, case, model, cfg))
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
@@ -232,6 +245,27 @@ def validate(model, cfg: TrainConfig) -> dict:
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
+@torch.no_grad()
+def validate_official(model, cfg: TrainConfig) -> dict:
+    """The harness's official loop (boxes, 5 clicks, DSC/NSD) on every labelled file of
+    --val-data, in process through the engine; means over cases."""
+    from app import engine
+
+    model.eval()
+    experts = (Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg)), None)
+    predictor = harness_loop.InProcessPredictor(lambda case, state, deadline: engine.run(case, None, deadline, experts))
+    records = []
+    tasks = harness_loop.load_tasks(Path(cfg.val_data))
+    with open(os.devnull, "w") as quiet:
+        for path in sorted(Path(cfg.val_data).glob("*.npz")):
+            case = harness_loop.load_labelled(path)
+            box_mode = harness_loop.default_box_mode(case.name, tasks)
+            records.append(harness_loop.run_case(case, predictor, box_mode, log=quiet)[0])
+    model.train()
+    keys = ("dsc_auc", "dsc_final", "nsd_final")
+    return {k: float(np.mean([r[k] for r in records])) for k in keys if records and k in records[0]}
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
@@ -245,7 +279,18 @@ def export(model, cfg: TrainConfig, step: int, path: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+def export_checkpoint(cfg: TrainConfig) -> None:
+    """Weights of a checkpoint (a running run's too: it is replaced atomically) for the harness."""
+    ckpt = torch.load(cfg.export_from, map_location="cpu", weights_only=False)
+    model = build_unet(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    export(model, cfg, ckpt["step"], cfg.export or f"weights/{cfg.expert}_expert.pt")
+    print(f"exported {cfg.export_from} at step {ckpt['step']}", flush=True)
+
+
 def main(cfg: TrainConfig) -> None:
+    if cfg.export_from:
+        return export_checkpoint(cfg)
     distributed = "WORLD_SIZE" in os.environ
     rank = 0
     if distributed:
@@ -259,7 +304,7 @@ def main(cfg: TrainConfig) -> None:
     ckpt_path = out / "ckpt.pt"
     model = build_unet().to(cfg.device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, rng = 0, np.random.default_rng([cfg.seed, rank])
+    step, rng, ckpt = 0, np.random.default_rng([cfg.seed, rank]), None
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -276,13 +321,16 @@ def main(cfg: TrainConfig) -> None:
     if rank == 0:
         print(f"precision: {'bf16' if bf16 else 'fp32'} autocast ({cfg.precision}; native CPU bf16: {cpu_has_bf16()})",
               flush=True)
-    real_cases = [] if cfg.smoke else real.training_cases()
+    stream = None
+    if not cfg.smoke or cfg.data:
+        data = labelled_data(cfg, rank, distributed)
+        stream = data.stream(cfg.seed, rank, resume_start(ckpt.get("data") if ckpt else None, rank), cfg.data_workers)
     pool = CasePool()
     start = last_ckpt = last_eval = time.time()
-    seen, loss_sum, tick = 0, 0.0, time.time()
+    seen, loss_sum, tick, best = 0, 0.0, time.time(), -1.0
     history = out / "history.jsonl"
     while time.time() - start < cfg.minutes * 60 and step < cfg.max_steps:
-        x, y = make_batch(rng, cfg, model, real_cases, pool)
+        x, y = make_batch(rng, cfg, model, stream, pool)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast(cfg.device, bf16):
@@ -306,14 +354,20 @@ def main(cfg: TrainConfig) -> None:
         now = time.time()
         if rank == 0 and now - last_eval > cfg.eval_minutes * 60:
             record = {"step": step, "val": validate(model, cfg)}
+            if cfg.val_data:
+                record["official"] = validate_official(model, cfg)
+                if record["official"].get("dsc_auc", -1) > best:
+                    best = record["official"]["dsc_auc"]
+                    export(model, cfg, step, str(out / "best_expert.pt"))
+                    record["best"] = True
             print(json.dumps(record), flush=True)
             with history.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             last_eval = time.time()
         if now - last_ckpt > cfg.ckpt_minutes * 60:
-            save_checkpoint(ckpt_path, model, optim, step, rng, cfg, distributed)
+            save_checkpoint(ckpt_path, model, optim, step, rng, stream, cfg, distributed)
             last_ckpt = time.time()
-    save_checkpoint(ckpt_path, model, optim, step, rng, cfg, distributed)
+    save_checkpoint(ckpt_path, model, optim, step, rng, stream, cfg, distributed)
     if rank == 0:
         export(model, cfg, step, cfg.export or f"weights/{cfg.expert}_expert.pt")
         print(f"done at step {step}", flush=True)
@@ -321,15 +375,35 @@ def main(cfg: TrainConfig) -> None:
         dist.destroy_process_group()
 
 
-def save_checkpoint(path, model, optim, step, rng, cfg, distributed) -> None:
-    """Every rank's generator state goes in, so a resumed DDP run continues each rank's stream."""
-    states = [rng.bit_generator.state]
+def labelled_data(cfg: TrainConfig, rank: int, distributed: bool) -> LabelledData:
+    """--data folders (or the bundled cases with their split); rank 0 builds the index first."""
+    folders = cfg.data or bundled_folders()
+    split_file = cfg.split_file or ("" if cfg.data else str(BUNDLED_SPLIT))
+    kwargs = {"split": "train" if split_file else None, "split_file": split_file or None,
+              "weights": cfg.data_weights or None, "verbose": rank == 0}
+    if distributed and rank != 0:
+        dist.barrier()
+        return LabelledData(folders, refresh=False, **kwargs)
+    data = LabelledData(folders, **kwargs)
+    if rank == 0:
+        print(data.describe(), flush=True)
+    if distributed:
+        dist.barrier()
+    return data
+
+
+def save_checkpoint(path, model, optim, step, rng, stream, cfg, distributed) -> None:
+    """Every rank's generator and data-stream state goes in, so a resumed run (any number of
+    processes) continues each rank's streams."""
+    mine = (rng.bit_generator.state, stream.state_dict() if stream is not None else None)
+    states = [mine]
     if distributed:
         states = [None] * dist.get_world_size()
-        dist.all_gather_object(states, rng.bit_generator.state)
+        dist.all_gather_object(states, mine)
         if dist.get_rank() != 0:
             return
-    ckpt = {"model": model.state_dict(), "optim": optim.state_dict(), "step": step, "rng": states,
+    ckpt = {"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
+            "rng": [s[0] for s in states], "data": [s[1] for s in states if s[1] is not None],
             "config": asdict(cfg), "model_config": config_dict(model)}
     torch.save(ckpt, str(path) + ".tmp")
     os.replace(str(path) + ".tmp", path)
@@ -340,10 +414,12 @@ def parse_args(argv=None) -> TrainConfig:
     for f in fields(TrainConfig):
         if f.type == "bool":
             parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
+        elif f.type == "list":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", nargs="+", default=[])
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    if cfg.smoke:  # CI-sized: tiny patches, a few steps, no real data, outputs kept out of weights/
+    if cfg.smoke:  # CI-sized: tiny patches, a few steps, no data unless --data, outputs kept out of weights/
         cfg.patch, cfg.batch, cfg.max_rounds = 16, 2, 1
         cfg.max_steps, cfg.val_cases = min(cfg.max_steps, 4), min(cfg.val_cases, 2)
         cfg.out_dir = cfg.out_dir or "runs/smoke"
