@@ -14,7 +14,7 @@ This set holds every kind of target the challenge scores, from real images where
 
 Real images get labels by RULES written below; only the lesion labels and the ICBM tissue labels
 are real annotations. None of these images is used in training: the engine trains on
-MR_PyRadiomics_brain1 and MR_PyRadiomics_breast1 (training/real.py), which are not used here.
+MR_PyRadiomics_brain1 and MR_PyRadiomics_breast1 (training/bundled_split.txt), which are not used here.
 
 Output: one training-style npz per case (`imgs` uint8 (z, y, x), `gts` uint8 contiguous 1..K,
 `spacing` in the stored (x, y, z) order of the source, scaled only where a case resamples) and
@@ -74,8 +74,11 @@ MR, ICBM152 2009a template (2 mm, labels GM 1, WM 2, CSF 3, real tissue maps):
     hemisphere: hemispheres by the brain's centroid x (the template is symmetric), then k-means
     of voxel positions in mm (farthest-point initialisation from the voxel nearest the centroid,
     KMEANS_ITERATIONS Lloyd steps), every parcel reduced to its largest 26-component and the
-    cut-off voxels given to the nearest kept parcel. Every parcel holds the same GM/WM mix, so
-    the boundaries between touching parcels are invisible in the image.
+    cut-off voxels regrown geodesically from the kept parcels (islands no parcel reaches are
+    dropped). Every parcel holds the same GM/WM mix, so the boundaries between touching parcels
+    are invisible in the image. Compact cells: each parcel fills a fair part of its box.
+  * MR_valset_icbm_cortex_parcels: the same on the GM ribbon alone (a cortical parcellation):
+    thin, folded parcels of one intensity whose boxes overlap their neighbours'.
 
 MR, PyRadiomics brain2 (T1 with contrast, head with scalp and skull):
   * head: body_mask(img, 15) after a 3x3 in-plane median (background <= ~8), organ;
@@ -366,15 +369,31 @@ def kmeans_parcels(mask: np.ndarray, spacing_zyx, k: int, iterations: int = KMEA
 
 
 def connected_parcels(parcels: np.ndarray) -> np.ndarray:
-    """Each parcel keeps its largest 26-component; cut-off voxels go to the nearest kept parcel."""
+    """Each parcel keeps its largest 26-component; the cut-off voxels are regrown geodesically
+    (one 26-neighbour step at a time, highest neighbouring label first), so every parcel stays
+    one piece; voxels no parcel reaches (islands) become background."""
     kept = np.zeros_like(parcels)
     for j in np.unique(parcels[parcels > 0]):
         kept[largest_component(parcels == j, connectivity=26)] = j
     orphans = (parcels > 0) & (kept == 0)
-    if orphans.any():
-        _, index = ndimage.distance_transform_edt(kept == 0, return_indices=True)
-        kept[orphans] = kept[tuple(index)][orphans]
+    while orphans.any():
+        grown = ndimage.grey_dilation(kept, footprint=np.ones((3, 3, 3), bool))
+        take = orphans & (grown > 0)
+        if not take.any():
+            break
+        kept[take] = grown[take]
+        orphans &= ~take
     return kept
+
+
+def hemisphere_parcels(mask: np.ndarray, spacing_zyx, mid: float, prefix: str) -> list[Layer]:
+    """PARCELS_PER_SIDE connected k-means parcels per hemisphere (R: x < mid), as parcel layers."""
+    xs = np.arange(mask.shape[2])[None, None, :]
+    layers = []
+    for side, half in (("R", mask & (xs < mid)), ("L", mask & (xs >= mid))):
+        parcels = connected_parcels(kmeans_parcels(half, spacing_zyx, PARCELS_PER_SIDE))
+        layers += [Layer(f"{prefix}{side}{j}", "parcel", parcels == j) for j in range(1, PARCELS_PER_SIDE + 1)]
+    return layers
 
 
 def icbm_cases(path: Path) -> list[ValCase]:
@@ -386,16 +405,15 @@ def icbm_cases(path: Path) -> list[ValCase]:
                     box=True, source=f"{path.name}, labels as they are", licence=LICENCES["icbm"])
     brain = (gts == 1) | (gts == 2)
     spacing_zyx = np.asarray(spacing, float)[::-1]
-    mid = np.argwhere(brain)[:, 2].mean()
-    xs = np.arange(brain.shape[2])[None, None, :]
-    layers = []
-    for side, half in (("R", brain & (xs < mid)), ("L", brain & (xs >= mid))):
-        parcels = connected_parcels(kmeans_parcels(half, spacing_zyx, PARCELS_PER_SIDE))
-        layers += [Layer(f"{side}{j}", "parcel", parcels == j) for j in range(1, PARCELS_PER_SIDE + 1)]
-    parcels = finish("MR_valset_icbm_parcels", imgs, spacing, layers, box=True,
-                     source=f"{path.name}, GM+WM split into k-means parcels", licence=LICENCES["icbm"],
-                     notes={"midline_x": float(mid)})
-    return [tissue, parcels]
+    mid = float(np.argwhere(brain)[:, 2].mean())
+    parcels = finish("MR_valset_icbm_parcels", imgs, spacing, hemisphere_parcels(brain, spacing_zyx, mid, ""),
+                     box=True, source=f"{path.name}, GM+WM split into k-means parcels", licence=LICENCES["icbm"],
+                     notes={"midline_x": mid})
+    cortex = finish("MR_valset_icbm_cortex_parcels", imgs, spacing,
+                    hemisphere_parcels(gts == 1, spacing_zyx, mid, "ctx"), box=True,
+                    source=f"{path.name}, GM ribbon split into k-means parcels", licence=LICENCES["icbm"],
+                    notes={"midline_x": mid})
+    return [tissue, parcels, cortex]
 
 
 HEAD_LEVEL = 15
@@ -456,7 +474,7 @@ def nuclei_case(count: int = NUCLEI, shape=(40, 160, 160), i: int = 0) -> ValCas
 
 def vessel_trees(rng, shape, spacing_zyx, trees: int = 3) -> np.ndarray:
     """Branching tubes entering from the volume's faces: radius 1.0..2.2 mm at the root, x0.75 per
-    branching level, random-walk centrelines (step 0.8 x the finest spacing, 70..150 steps per
+    branching level, random-walk centrelines (step 0.8 x the finest spacing, 60..120 steps per
     branch, branch probability 0.02 per step up to depth 2); each tree is one class."""
     labels = np.zeros(shape, np.uint8)
     spacing = np.asarray(spacing_zyx, float)
