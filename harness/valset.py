@@ -15,6 +15,8 @@ This set holds every kind of target the challenge scores, from real images where
 Real images get labels by RULES written below; only the lesion labels and the ICBM tissue labels
 are real annotations. None of these images is used in training: the engine trains on
 MR_PyRadiomics_brain1 and MR_PyRadiomics_breast1 (training/bundled_split.txt), which are not used here.
+Give reports/valset to training only as validation data (train.py --val-data): training.data
+counts the cases of a folder without a split rule as training cases.
 
 Output: one training-style npz per case (`imgs` uint8 (z, y, x), `gts` uint8 contiguous 1..K,
 `spacing` in the stored (x, y, z) order of the source, scaled only where a case resamples) and
