@@ -85,7 +85,7 @@ def load_experts(weights_dir: Path = WEIGHTS) -> tuple[Expert | None, Expert | N
     passes, too few to repay tuning.
     """
     device = pick_device()
-    if device.type == "cpu":
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # set: a shared machine (evaluations)
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     flips = os.environ.get("SEGFM_FLIPS", "0") == "1"
     patches = {"global": int(os.environ.get("SEGFM_GLOBAL_PATCH", "0")) or None, "local": None}
