@@ -329,7 +329,8 @@ def main(cfg: TrainConfig) -> None:
     start = last_ckpt = last_eval = time.time()
     seen, loss_sum, tick, best = 0, 0.0, time.time(), -1.0
     history = out / "history.jsonl"
-    while time.time() - start < cfg.minutes * 60 and step < cfg.max_steps:
+    stop = step >= cfg.max_steps or cfg.minutes <= 0
+    while not stop:
         x, y = make_batch(rng, cfg, model, stream, pool)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -364,7 +365,11 @@ def main(cfg: TrainConfig) -> None:
             with history.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             last_eval = time.time()
-        if now - last_ckpt > cfg.ckpt_minutes * 60:
+        # Every rank acts on rank 0's clock: only rank 0 validates, so the ranks' clocks disagree,
+        # and a rank that stopped or checkpointed alone would wait forever in a collective.
+        save_now, stop = agreed([now - last_ckpt > cfg.ckpt_minutes * 60,
+                                 time.time() - start >= cfg.minutes * 60 or step >= cfg.max_steps], cfg, distributed)
+        if save_now:
             save_checkpoint(ckpt_path, model, optim, step, rng, stream, cfg, distributed)
             last_ckpt = time.time()
     save_checkpoint(ckpt_path, model, optim, step, rng, stream, cfg, distributed)
@@ -373,6 +378,15 @@ def main(cfg: TrainConfig) -> None:
         print(f"done at step {step}", flush=True)
     if distributed:
         dist.destroy_process_group()
+
+
+def agreed(flags: list[bool], cfg: TrainConfig, distributed: bool) -> list[bool]:
+    """Rank 0's flags on every rank (one tiny broadcast per step when distributed)."""
+    if not distributed:
+        return flags
+    t = torch.tensor(flags, dtype=torch.uint8, device=cfg.device)
+    dist.broadcast(t, 0)
+    return [bool(v) for v in t.tolist()]
 
 
 def labelled_data(cfg: TrainConfig, rank: int, distributed: bool) -> LabelledData:
