@@ -102,11 +102,12 @@ def test_smoke_steps_read_the_data_folder(dataset):
 def test_two_process_gloo_run_keeps_both_ranks_states(dataset):
     data, cache = dataset
     out = data.parent / "ddp"
-    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          *_train_args(data, out, "--max-steps", "2")], cache)
+    stdout = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   *_train_args(data, out, "--max-steps", "2", "--global-batch", str(4 * SAMPLES_PER_STEP))], cache)
+    assert f"global batch {4 * SAMPLES_PER_STEP} = {SAMPLES_PER_STEP} x 2 processes x 2 accumulated" in stdout
     ckpt = _ckpt(out)
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2 and ckpt["rng"][0] != ckpt["rng"][1]
-    assert [s["next"] for s in ckpt["data"]] == [2 * SAMPLES_PER_STEP] * 2
+    assert [s["next"] for s in ckpt["data"]] == [2 * 2 * SAMPLES_PER_STEP] * 2  # two micro-batches per step
     assert (out / "expert.pt").exists()
 
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -51,7 +52,9 @@ from training.interaction import jittered_box, perturbed_mask, sampled_click
 class TrainConfig:
     expert: str = "global"          # global: zoomed RoI of the object; local: native window at a click
     patch: int = 48
-    batch: int = 4
+    batch: int = 4                  # samples per process and micro-step
+    global_batch: int = 0           # samples per optimiser step over all processes (0: batch x world size);
+                                    # reached by gradient accumulation, so it does not depend on the world size
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
@@ -330,20 +333,28 @@ def main(cfg: TrainConfig) -> None:
     seen, loss_sum, tick, best = 0, 0.0, time.time(), -1.0
     history = out / "history.jsonl"
     stop = step >= cfg.max_steps or cfg.minutes <= 0
+    world = dist.get_world_size() if distributed else 1
+    accum = max(1, round(cfg.global_batch / (cfg.batch * world))) if cfg.global_batch else 1
+    if rank == 0:
+        print(f"global batch {cfg.batch * world * accum} = {cfg.batch} x {world} processes x {accum} accumulated",
+              flush=True)
     while not stop:
-        x, y = make_batch(rng, cfg, model, stream, pool)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        with autocast(cfg.device, bf16):
-            logits = net(x.to(cfg.device))
-        loss = dice_bce(logits.float(), y.to(cfg.device), x[:, 4:5].to(cfg.device), cfg.error_weight)
         optim.zero_grad(set_to_none=True)
-        loss.backward()
+        for micro in range(accum):
+            x, y = make_batch(rng, cfg, model, stream, pool)
+            sync = nullcontext() if micro == accum - 1 or not distributed else net.no_sync()
+            with sync:
+                with autocast(cfg.device, bf16):
+                    logits = net(x.to(cfg.device))
+                loss = dice_bce(logits.float(), y.to(cfg.device), x[:, 4:5].to(cfg.device), cfg.error_weight)
+                (loss / accum).backward()
+            seen += x.shape[0]
+            loss_sum += loss.item() / accum
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         step += 1
-        seen += x.shape[0]
-        loss_sum += loss.item()
         if rank == 0 and step % cfg.log_every == 0:
             rate = seen / (time.time() - tick)
             record = {"step": step, "loss": loss_sum / cfg.log_every, "samples_per_s": rate,
