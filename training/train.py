@@ -13,8 +13,7 @@ relabelled by rule into touching parcels. Every sample replays
 training sees the masks the engine would make. Global samples are the RoI the engine takes
 next; local samples a native window at the newest click (or on the mask's boundary) with
 this round's global mask as the previous one, as in the engine's local pass.
-Loss Dice + BCE, with BCE weighted up where the previous mask is wrong (a click must
-correct, not copy). AdamW, warm-up + cosine, a checkpoint every few minutes. Precision per
+Loss Dice + BCE. AdamW, warm-up + cosine, a checkpoint every few minutes. Precision per
 machine: bf16 autocast on a GPU or a CPU with native bf16 (the engine's rule), else fp32.
 """
 
@@ -69,7 +68,6 @@ class TrainConfig:
     parcel_fraction: float = 0.3    # share of data samples relabelled by rule into touching parcels
     val_data: str = ""              # a folder of labelled files: the official loop on it every eval, best kept
     local_fraction: float = 0.3     # share of local-window samples in a global run (one net, both views)
-    error_weight: float = 2.0       # extra BCE weight where the previous mask disagrees with the truth
     device: str = "cpu"
     precision: str = "auto"         # auto: bf16 on GPU or native-bf16 CPU, else fp32; or bf16 / fp32
     threads: int = 2
@@ -194,17 +192,13 @@ def make_batch(rng, cfg, model, stream, pool: CasePool):
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
-def dice_bce(logits: torch.Tensor, target: torch.Tensor, prev: torch.Tensor | None = None,
-             error_weight: float = 0.0) -> torch.Tensor:
-    """Dice + BCE; BCE counts (1 + error_weight) where a given previous mask is wrong."""
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice + BCE, unweighted: weighting up the voxels where the previous mask is wrong biases
+    every prediction against the previous mask (measured: masks flip-flopped between clicks)."""
     probs = torch.sigmoid(logits)
     dims = tuple(range(1, logits.ndim))
     dice = 1 - (2 * (probs * target).sum(dims) + 1) / (probs.sum(dims) + target.sum(dims) + 1)
-    weight = None
-    if prev is not None and error_weight:
-        given = prev.flatten(1).any(1).view(-1, *([1] * (prev.ndim - 1)))
-        weight = 1 + error_weight * ((prev > 0.5) != (target > 0.5)).float() * given
-    return dice.mean() + F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+    return dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
 
 
 def use_bf16(cfg: TrainConfig) -> bool:
@@ -348,7 +342,7 @@ def main(cfg: TrainConfig) -> None:
             with sync:
                 with autocast(cfg.device, bf16):
                     logits = net(x.to(cfg.device))
-                loss = dice_bce(logits.float(), y.to(cfg.device), x[:, 4:5].to(cfg.device), cfg.error_weight)
+                loss = dice_bce(logits.float(), y.to(cfg.device))
                 (loss / accum).backward()
             seen += x.shape[0]
             loss_sum += loss.item() / accum
