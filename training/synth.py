@@ -17,7 +17,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-GENERATOR_VERSION = 3  # v3: head scenes, shells, more one-intensity parcels, shared neighbour means, border lines
+GENERATOR_VERSION = 4  # v4: crescent organs (concave, the box centre outside them), the body around the organs as a class
+# v3: head scenes, shells, more one-intensity parcels, shared neighbour means, border lines
 # v2: tissue scenes (interleaved intensity-defined classes, cortex-like ribbons)
 LOOKS = ("ct", "mr", "pet", "us", "microscopy")
 
@@ -87,6 +88,9 @@ def organ_scene(rng, shape, spacing):
         radii[0] = max(radii[0], 1.5 * spacing[0])
         centre = extent * rng.uniform(0.25, 0.75, 3)
         mask = blob(rng, shape, spacing, centre, radii, rng.uniform(0.0, 0.6)) & body
+        if rng.random() < 0.25:  # a crescent: a neighbour (heart, liver) pushes into it, like a lung
+            bite = blob(rng, shape, spacing, centre + radii * rng.uniform(-0.8, 0.8, 3), radii * rng.uniform(0.5, 0.9, 3), 0.2)
+            mask &= ~bite
         roll = rng.random()
         if roll < 0.45 and mask.sum() > 500:
             _split_into_parcels(rng, labels, mask, int(rng.integers(2, 9)))
@@ -101,6 +105,8 @@ def organ_scene(rng, shape, spacing):
         centre = host[rng.integers(len(host))] * spacing
         radii = np.maximum(extent.min() * rng.uniform(0.015, 0.07, 3), spacing * 0.8)
         labels[blob(rng, shape, spacing, centre, radii, 0.3)] = labels.max() + 1
+    if rng.random() < 0.3:  # the body around the organs is a class too: large, fills its box, has holes
+        labels[body & (labels == 0)] = labels.max() + 1
     return _relabel(labels), body
 
 
