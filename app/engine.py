@@ -27,8 +27,9 @@ from scipy import ndimage
 from app.autobox import grown_bounds, intensity_box, touches_open_side
 from app.experts import Expert, load_experts
 from app.fallback import fallback_labels
-from app.io import Case, ClassPrompts
+from app.io import Box, Case, ClassPrompts
 from app.postprocess import StreamingFusion
+from app.prior import box_prior
 from app.roi import Roi, prompt_bounds, roi_around, window_at
 from app.state import RunState
 
@@ -64,16 +65,28 @@ class ClassView:
     prev_pred: np.ndarray | None = None
 
     @classmethod
-    def single(cls, box, fg, bg, order, prev: np.ndarray | None) -> ClassView:
+    def single(cls, box: Box | None, fg, bg, order, prev: np.ndarray | None) -> ClassView:
         """One class outside a case file (training's simulated rounds); prev a boolean volume.
 
         An empty previous mask is no previous mask, as for a class absent from prev_pred.
         """
-        prompts = ClassPrompts(None, list(fg), list(bg), list(order))
+        prompts = ClassPrompts(box, list(fg), list(bg), list(order))
+        corners = None if box is None else box.bounds()
         if prev is None or not prev.any():
-            return cls(1, prompts, box)
+            return cls(1, prompts, corners)
         prev_pred = prev.astype(np.uint8)
-        return cls(1, prompts, box, ndimage.find_objects(prev_pred)[0], prev_pred)
+        return cls(1, prompts, corners, ndimage.find_objects(prev_pred)[0], prev_pred)
+
+    def with_prev(self, mask: np.ndarray) -> ClassView:
+        """This view with `mask` (boolean volume) as its previous mask; unchanged when it is empty."""
+        if not mask.any():
+            return self
+        prev_pred = mask.astype(np.uint8) * np.uint8(self.label)
+        return replace(self, prev_region=ndimage.find_objects(mask.astype(np.uint8))[0], prev_pred=prev_pred)
+
+    def full_box(self) -> Box:
+        """The box with its z_mid slice: the prompt's own, or the middle slice of an autobox."""
+        return self.prompts.box if self.prompts.box is not None else Box.from_bounds(*self.box)
 
     @property
     def has_prev(self) -> bool:
@@ -114,10 +127,7 @@ def class_views(case: Case) -> list[ClassView]:
     regions = [] if case.prev_pred is None else ndimage.find_objects(case.prev_pred, max_label=case.num_classes)
     views = []
     for c, prompts in enumerate(case.prompts):
-        box = None
-        if prompts.box is not None:
-            b = prompts.box
-            box = (np.array([b.z_min, b.y_min, b.x_min]), np.array([b.z_max, b.y_max, b.x_max]))
+        box = None if prompts.box is None else prompts.box.bounds()
         region = regions[c] if c < len(regions) else None
         views.append(ClassView(c + 1, prompts, box, region, case.prev_pred))
     return views
@@ -262,7 +272,7 @@ class ClassSegmenter:
         boundary of a mask the global expert drew zoomed out (nnInteractive-style refinement).
         """
         started = self.clock()
-        view = self.with_autobox(view)
+        view = self.prepare(view)
         canvas, roi, steps = self.global_pass(view)
         newest = view.prompts.newest_click
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
@@ -276,6 +286,14 @@ class ClassSegmenter:
             confine_to_click(canvas, view, self.spacing)
             steps = (*steps, "confined")
         return canvas, steps, base
+
+    def prepare(self, view: ClassView) -> ClassView:
+        """The view the experts see: an autobox for a box-less class known by a click, then the
+        box prior (app.prior) as the previous mask of a boxed class that has none."""
+        view = self.with_autobox(view)
+        if view.box is None or view.has_prev:
+            return view
+        return view.with_prev(box_prior(self.image.numpy(), view.full_box(), self.spacing))
 
     def with_autobox(self, view: ClassView) -> ClassView:
         """A box-less class known by a positive click gets the intensity region's box."""

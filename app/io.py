@@ -55,6 +55,16 @@ class Box:
             slice(self.x_min, self.x_max + 1),
         )
 
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) inclusive corners in array axes: how the engine passes a box around."""
+        return np.array([self.z_min, self.y_min, self.x_min]), np.array([self.z_max, self.y_max, self.x_max])
+
+    @classmethod
+    def from_bounds(cls, lo, hi, z_mid: int | None = None) -> Box:
+        """A box from corners; without z_mid (an autobox) the 2D box sits on the middle slice."""
+        z_mid = (int(lo[0]) + int(hi[0])) // 2 if z_mid is None else int(z_mid)
+        return cls(int(lo[0]), int(hi[0]), z_mid, int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]))
+
 
 @dataclass
 class ClassPrompts:

@@ -1,9 +1,7 @@
 """A careful classical predictor: the floor a learned engine has to clear by a margin.
 
-Box stage: a shape prior (an ellipse inscribed in the 2D box, tapered to zero beyond
-z_min..z_max, which the organisers' box gives exactly) plus an intensity model (histograms
-of the box core vs the voxels around the box, log likelihood ratio, smoothed), refitted
-twice on its own segmentation; classes compete by score.
+Box stage: app.prior's score (ellipse shape prior plus a refitted intensity model) per
+class; classes compete by score. The engine feeds the same estimate to its network.
 
 Click stage: the official click sits at the deepest voxel of the largest error, so its
 distance to the current mask (fg) or to the mask boundary (bg) bounds the error's radius.
@@ -20,13 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from app.io import Box
+from app.prior import BINS, box_score, histogram
 
-BINS = 32
-CORE = 0.5  # normalised ellipse radius of the foreground sample
-PRIOR_SLOPE = 3.0  # shape log-odds per unit of normalised radius
-PRIOR_CAP = 1.0
-REFITS = 2
-LLR_CLIP = 3.0
 MAX_RADIUS = 25  # voxels, cap of any click correction
 MIN_TOLERANCE = 8.0  # grey levels
 GROW_FRACTION = 0.5
@@ -64,69 +57,6 @@ def box_stage(image: np.ndarray, prompts, spacing) -> np.ndarray:
         segs[window][wins] = label
         best[window][wins] = score[wins]
     return segs
-
-
-def box_geometry(shape, box) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
-    """The RoI around a box, the normalised radius of the tapered ellipse, and the exact z range."""
-    my, mx = max(3, (box.y_max - box.y_min + 1) // 3), max(3, (box.x_max - box.x_min + 1) // 3)
-    lo = (max(box.z_min - 2, 0), max(box.y_min - my, 0), max(box.x_min - mx, 0))
-    hi = (min(box.z_max + 3, shape[0]), min(box.y_max + my + 1, shape[1]), min(box.x_max + mx + 1, shape[2]))
-    z, y, x = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    dz = z - box.z_mid
-    half_z = np.where(dz < 0, box.z_mid - box.z_min + 1, box.z_max - box.z_mid + 1)
-    taper = np.sqrt(np.clip(1.0 - (dz / half_z) ** 2, 0.0, 1.0))
-    ry, rx = (box.y_max - box.y_min) / 2 + 0.5, (box.x_max - box.x_min) / 2 + 0.5
-    planar = np.sqrt(((y - (box.y_min + box.y_max) / 2) / ry) ** 2 + ((x - (box.x_min + box.x_max) / 2) / rx) ** 2)
-    radius = planar / np.maximum(taper, 1e-3)
-    in_z = np.broadcast_to((z >= box.z_min) & (z <= box.z_max), radius.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi)), radius, in_z
-
-
-def histogram(levels: np.ndarray) -> np.ndarray:
-    """Smoothed, normalised grey-level histogram; a pseudo-count keeps log ratios finite."""
-    counts = np.bincount(levels.ravel(), minlength=BINS).astype(float)
-    counts = ndimage.gaussian_filter1d(counts, 1.0) + 0.5
-    return counts / counts.sum()
-
-
-def box_score(image: np.ndarray, box, spacing) -> tuple[tuple[slice, ...], np.ndarray]:
-    """Shape log-odds plus intensity log-likelihood ratio in the box RoI; <= 0 off the object."""
-    window, radius, in_z = box_geometry(image.shape, box)
-    levels = image[window].astype(np.int64) * BINS // 256
-    # capped inside, so that clear intensity evidence can carve the ellipse (its caps overshoot)
-    prior = np.where(in_z, np.minimum(PRIOR_SLOPE * (1.0 - radius), PRIOR_CAP), -np.inf)
-    z_mid = box.z_mid - window[0].start
-    in_box = np.zeros(radius.shape[1:], bool)
-    in_box[box.y_min - window[1].start:box.y_max - window[1].start + 1,
-           box.x_min - window[2].start:box.x_max - window[2].start + 1] = True
-    prior[z_mid][~in_box] = -np.inf  # the 2D box bounds the object on its own slice
-    spacing = np.asarray(spacing, dtype=float)
-    sigma = spacing.min() / spacing  # one voxel on the finest axis, in mm-consistent units
-    fg = in_z & (radius < CORE)
-    bg = ~in_z | ~in_box[None]
-    mask = fg
-    for _ in range(REFITS + 1):
-        pf, pb = histogram(levels[fg]), histogram(levels[bg])
-        weight = 0.5 * np.abs(pf - pb).sum()  # total variation: how much intensity can be trusted
-        # symmetric clipping keeps the zero crossing in place when smoothing
-        llr = ndimage.gaussian_filter(np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP)[levels], sigma)
-        score = prior + weight * llr
-        mask = keep_core(score > 0, in_z & (radius < CORE))
-        if not mask.any():
-            mask = in_z & (radius < 1.0)
-        fg, bg = mask, ~mask
-    return window, np.where(mask, np.maximum(score, 1e-3), -np.inf).astype(np.float32)
-
-
-def keep_core(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
-    """Components touching the core (else the largest), holes filled slice by slice."""
-    components = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
-    ids = np.unique(components[core & mask])
-    if ids.size:
-        mask = np.isin(components, ids[ids > 0])
-    elif mask.any():
-        mask = components == np.argmax(np.bincount(components.ravel())[1:]) + 1
-    return np.stack([ndimage.binary_fill_holes(s) for s in mask])
 
 
 # --- no-box start -------------------------------------------------------------------------------------

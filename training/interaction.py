@@ -11,19 +11,19 @@ from __future__ import annotations
 import edt
 import numpy as np
 
+from app.io import Box
 from harness.official import MAX_BOX_SHIFT, box_from_mask, error_click, largest_component
 from training.synth import smooth_noise
 
 
-def jittered_box(rng: np.random.Generator, mask: np.ndarray):
-    """(lo, hi) of an organiser-style box, sometimes widened further (annotators are not exact)."""
+def jittered_box(rng: np.random.Generator, mask: np.ndarray) -> Box:
+    """An organiser-style box, sometimes widened further (annotators are not exact)."""
     shift = int(rng.integers(0, MAX_BOX_SHIFT + 1))
     if rng.random() < 0.2:
         shift += int(rng.integers(1, 12))
-    box = box_from_mask(mask, shift)
-    lo = np.array([box["z_min"], box["z_mid_y_min"], box["z_mid_x_min"]], int)
-    hi = np.array([box["z_max"], box["z_mid_y_max"], box["z_mid_x_max"]], int)
-    return lo, hi
+    b = box_from_mask(mask, shift)
+    return Box(int(b["z_min"]), int(b["z_max"]), int(b["z_mid"]), int(b["z_mid_y_min"]), int(b["z_mid_y_max"]),
+               int(b["z_mid_x_min"]), int(b["z_mid_x_max"]))
 
 
 def sampled_click(rng: np.random.Generator, pred: np.ndarray, truth: np.ndarray, spacing):

@@ -140,7 +140,7 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
             break
         (fg if click[1] else bg).append(click[0])
         order.append("fg" if click[1] else "bg")
-    return truth, segmenter.with_autobox(ClassView.single(box, fg, bg, order, prev))
+    return truth, segmenter.prepare(ClassView.single(box, fg, bg, order, prev))
 
 
 def global_sample(rng, case, model, cfg: TrainConfig):
@@ -381,7 +381,8 @@ def main(cfg: TrainConfig) -> None:
     if rank == 0:
         export(model, cfg, step, cfg.export or f"weights/{cfg.expert}_expert.pt")
         print(f"done at step {step}", flush=True)
-    if distributed:
+    if distributed:  # leave together: a rank that tears down while rank 0 exports can abort in gloo
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -1,0 +1,62 @@
+"""The box prior (app.prior): the classical estimate the engine hands its network at round 0."""
+
+import numpy as np
+
+from app import prior
+from app.engine import ClassSegmenter, ClassView
+from app.io import Box
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def _scene(shape=(40, 64, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(60, 12, shape)
+    truth = np.zeros(shape, bool)
+    zz, yy, xx = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    truth[((zz - 20) / 12) ** 2 + ((yy - 30) / 18) ** 2 + ((xx - 34) / 16) ** 2 <= 1] = True
+    image[truth] += 90
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def _box(truth, margin=3):
+    lo, hi = np.argwhere(truth).min(0), np.argwhere(truth).max(0)
+    zs = np.where(truth)[0]
+    lo[1:] -= margin
+    hi[1:] += margin
+    return Box.from_bounds(lo, hi, int(zs[zs.size // 2]))
+
+
+def test_prior_finds_a_bright_object_in_a_loose_box():
+    image, truth = _scene()
+    mask = prior.box_prior(image, _box(truth), (2.0, 1.0, 1.0))
+    assert mask.shape == image.shape
+    assert _dice(mask, truth) > 0.9
+    box_fill = np.zeros_like(truth)
+    box_fill[_box(truth).slices()] = True
+    assert _dice(mask, truth) > _dice(box_fill, truth) + 0.2
+
+
+def test_subsampled_prior_of_a_large_box_agrees_with_full_resolution(monkeypatch):
+    image, truth = _scene((24, 96, 96), seed=1)
+    box = _box(truth)
+    full = prior.box_prior(image, box, (2.0, 1.0, 1.0))
+    monkeypatch.setattr(prior, "MAX_VOXELS", 5e3)  # forces in-plane subsampling
+    coarse = prior.box_prior(image, box, (2.0, 1.0, 1.0))
+    assert coarse.shape == image.shape
+    assert _dice(coarse, full) > 0.9
+
+
+def test_engine_hands_the_prior_over_only_to_boxed_classes_without_a_previous_mask():
+    image, truth = _scene()
+    segmenter = ClassSegmenter(image, np.array([2.0, 1.0, 1.0]), None, None)
+    box = _box(truth)
+    prepared = segmenter.prepare(ClassView.single(box, [], [], [], None))
+    assert np.array_equal(prepared.prev_mask(), prior.box_prior(image, box, (2.0, 1.0, 1.0)))
+    prev = np.zeros_like(truth)
+    prev[18:22, 28:32, 30:36] = True
+    kept = segmenter.prepare(ClassView.single(box, [(20, 30, 33)], [], ["fg"], prev))
+    assert np.array_equal(kept.prev_mask(), prev)
+    assert not segmenter.prepare(ClassView.single(None, [], [], [], None)).has_prev
