@@ -58,14 +58,11 @@ def zoom_factors(extent, patch) -> np.ndarray:
     return np.maximum((extent + patch / 3.0) / patch, 1.0)
 
 
-def roi_around(lo, hi, patch: Triple, divisor: int = 1) -> Roi:
-    """The RoI centred on the inclusive bounding box [lo, hi] with content-aware zoom.
-
-    The crop size is rounded up to a multiple of `divisor` so paste-back resampling factors stay tidy.
-    """
+def roi_around(lo, hi, patch: Triple) -> Roi:
+    """The RoI centred on the inclusive bounding box [lo, hi] with content-aware zoom."""
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
     zoom = zoom_factors(hi - lo + 1, patch)
-    size = [max(p, math.ceil(p * z / divisor) * divisor) if z > 1 else p for p, z in zip(patch, zoom)]
+    size = [max(p, math.ceil(p * z)) if z > 1 else p for p, z in zip(patch, zoom)]
     centre = (lo + hi) / 2.0
     start = [round(c - s / 2.0 + 0.5) for c, s in zip(centre, size)]
     return Roi(tuple(start), tuple(size), tuple(patch))

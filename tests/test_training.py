@@ -59,6 +59,18 @@ def test_tissue_scene_interleaves_classes_inside_the_body():
     assert len(set(np.round(means))) == len(means)  # distinct intensities: the classes are visible
 
 
+def test_truncated_cases_end_inside_an_object():
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        whole = synth.generate(rng, "ct")
+        if whole.no_box:
+            continue
+        cut = synth.truncate(rng, whole)
+        assert cut.image.shape == cut.labels.shape and cut.image.shape[0] < whole.image.shape[0]
+        assert cut.labels[0].any() or cut.labels[-1].any()  # some object runs out of the scan in z
+        assert cut.labels.max() == len(np.unique(cut.labels)) - 1
+
+
 def test_clicks_land_on_the_error_with_the_right_sign():
     rng = np.random.default_rng(0)
     truth = np.zeros((20, 20, 20), bool)
@@ -105,12 +117,14 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
 
 def _run(args, env=None, timeout=600):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_smoke_run_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
-    common = ["-m", "training.train", "--smoke", "--out-dir", str(out), "--export", str(out / "e.pt"), "--val-cases", "1"]
+    common = ["-m", "training.train", "--smoke", "--out-dir", str(out), "--export", str(out / "e.pt"),
+              "--val-cases", "1"]
     first = _run([*common, "--max-steps", "2"])
     assert first.returncode == 0, first.stderr
     state = torch.load(out / "ckpt.pt", weights_only=False)
@@ -144,7 +158,8 @@ def test_same_checkpoint_restores_the_same_state(tmp_path):
 def test_two_process_gloo_run(tmp_path):
     out = tmp_path / "ddp"
     result = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training.train",
-                   "--smoke", "--threads", "1", "--out-dir", str(out), "--export", str(out / "e.pt"), "--val-cases", "1"],
+                   "--smoke", "--threads", "1", "--out-dir", str(out), "--export", str(out / "e.pt"),
+                   "--val-cases", "1"],
                   env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[:3000]  # the failing rank's own error comes first
     assert (out / "e.pt").exists() and len(torch.load(out / "ckpt.pt", weights_only=False)["rng"]) == 2
