@@ -27,6 +27,7 @@ predict: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# ruff: its default rules plus E501 at the line-length in ruff.toml (CI runs this via .ci/run); hadolint: Dockerfile.
 lint: setup
 	$(PY) -m ruff check app training harness tests
 	.venv/bin/hadolint Dockerfile

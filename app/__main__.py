@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: cannot write to OUTPUT_DIR {out_dir}: {problem}")
         return 3
     if len(files) > 1:
-        log(f"warning: {len(files)} input files (the challenge gives one): one run per file, each with its own deadline")
+        log(f"warning: {len(files)} input files (the challenge gives one): one run per file, "
+            "each with its own deadline")
         for path in files:
             _run_alone(path)
         return 0

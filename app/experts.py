@@ -1,10 +1,13 @@
-"""The two experts: trained U-Nets behind a numpy/tensor-facing predict on a RoI.
+"""The two experts: trained U-Nets behind a tensor-facing `logits` on a RoI.
 
-GlobalExpert sees the whole object (zoomed RoI), LocalExpert a native window at a click
-(paper 003). The engine loads them from files once per run; training wraps its live model
-in the same class (`Expert.from_model`), so its simulated rounds are the engine's own
-predictions. Precision: bf16 autocast on a GPU, and on a CPU only where the processor has
-native bf16 (elsewhere bf16 is ~30x slower than fp32, measured).
+One class, `Expert`, serves both roles: the global expert sees the whole object (zoomed
+RoI), the local expert a native window at a click (paper 003). `load_experts` returns
+(global, local) from global_expert.pt and local_expert.pt, None for a missing file (the
+engine then runs the global network on the local window). The engine loads them once per
+run; training wraps its live model in the same class (`Expert.from_model`), so its
+simulated rounds are the engine's own predictions. Precision: bf16 autocast on a GPU, and
+on a CPU only where the processor has native bf16 (elsewhere bf16 is ~30x slower than
+fp32, measured).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from app.io import Case
 
 
-def fallback_labels(case: Case, base: np.ndarray | None = None, skip: frozenset[int] | set[int] = frozenset()) -> np.ndarray:
+def fallback_labels(case: Case, base: np.ndarray | None = None,
+                    skip: frozenset[int] | set[int] = frozenset()) -> np.ndarray:
     """uint8 labels (image shape): `base` kept as is; every class c whose label c + 1 is
     not in `skip` is painted into the voxels where base is 0, from prev_pred == c + 1 when
     the previous mask has that class, else from its box cuboid (z_min..z_max over the 2D

@@ -153,7 +153,8 @@ def to_uint8(image: np.ndarray) -> tuple[np.ndarray, str | None]:
         np.rint(x, out=x)
     else:  # (nearly) a single nonzero value, e.g. a mask: at or above it -> 255
         x = (x >= hi) * 255.0
-    note = f"{image.dtype}: scaled to uint8 from the 0.5/99.5 percentile window {lo:.6g}..{hi:.6g} of the nonzero voxels"
+    note = (f"{image.dtype}: scaled to uint8 from the 0.5/99.5 percentile window {lo:.6g}..{hi:.6g} "
+            "of the nonzero voxels")
     return x.astype(np.uint8), note + ("" if finite.all() else ", non-finite voxels set to 0")
 
 

@@ -117,7 +117,8 @@ def main(argv=None) -> int:
         start = time.monotonic()
         cached.prepare_cache()
         cache_s = time.monotonic() - start
-        print(f"{len(plain.cases)} cases, mean {np.mean(voxels) / 1e6:.1f}M voxels, mean file {np.mean(sizes) / 2**20:.1f} MiB; "
+        print(f"{len(plain.cases)} cases, mean {np.mean(voxels) / 1e6:.1f}M voxels, "
+              f"mean file {np.mean(sizes) / 2**20:.1f} MiB; "
               f"index {index_s:.1f}s ({os.cpu_count()} processes), cache written in {cache_s:.1f}s", flush=True)
         sample = cached.sample(0, 0, 0)
         crops = [cached.sample(0, 0, k).image.size for k in range(50)]
@@ -132,7 +133,8 @@ def main(argv=None) -> int:
         for _ in range(3):
             model_step(model, optim, args.batch, args.patch)
         step_s = (time.perf_counter() - start) / 3
-        print(f"model step alone (build_unet, batch {args.batch}, {args.patch}^3, {args.device}, {args.threads} threads): "
+        print(f"model step alone (build_unet, batch {args.batch}, {args.patch}^3, {args.device}, "
+              f"{args.threads} threads): "
               f"{step_s:.2f}s", flush=True)
 
         rows = []

@@ -86,8 +86,8 @@ def overlay(records: list[dict], path: Path) -> None:
                         ax.scatter([p[1] for p in pts], [p[0] for p in pts], marker=marker, c=colour, s=60)
             for box in rec["boxes"] or []:
                 if box["z_min"] <= z <= box["z_max"]:
-                    ax.add_patch(plt.Rectangle((box["z_mid_x_min"] - vx.start - 0.5, box["z_mid_y_min"] - vy.start - 0.5),
-                                               box["z_mid_x_max"] - box["z_mid_x_min"] + 1,
+                    corner = (box["z_mid_x_min"] - vx.start - 0.5, box["z_mid_y_min"] - vy.start - 0.5)
+                    ax.add_patch(plt.Rectangle(corner, box["z_mid_x_max"] - box["z_mid_x_min"] + 1,
                                                box["z_mid_y_max"] - box["z_mid_y_min"] + 1,
                                                fill=False, edgecolor="yellow", linestyle="--", linewidth=0.8))
             ax.set_title(f"{rec['predictor']}: {title} z={z}, DSC {rec['dsc_final']:.2f}", fontsize=8)

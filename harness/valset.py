@@ -549,7 +549,8 @@ def organs_case(name: str, look: str, organs: int, lesions: int, shape, spacing,
         labels[synth.blob(rng, shape, spacing, centre, radii, 0.3) & body] = labels.max() + 1
     image = synth.render(rng, labels, body, spacing, look, may_share=False)
     layers = [Layer(f"organ{j}", "organ", labels == j) for j in range(1, n_organs + 1)]
-    layers += [Layer(f"lesion{j - n_organs}", "lesion", labels == j) for j in range(n_organs + 1, int(labels.max()) + 1)]
+    layers += [Layer(f"lesion{j - n_organs}", "lesion", labels == j)
+               for j in range(n_organs + 1, int(labels.max()) + 1)]
     return finish(name, image, _xyz(spacing), layers, box=True, source=f"procedural organs (synth.blob, {look} render)",
                   licence=LICENCES["synthetic"], notes=_synth_note(i))
 

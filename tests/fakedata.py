@@ -35,7 +35,10 @@ BAD = {
 
 def _shape(rng, modality: str, scale: float) -> tuple[int, int, int]:
     hw = int(rng.integers(32, 49) * scale)
-    d = int(rng.integers(12, 25) * (scale ** 0.5)) if modality != "Microscopy" else int(rng.integers(20, 29) * scale ** 0.5)
+    if modality != "Microscopy":
+        d = int(rng.integers(12, 25) * (scale ** 0.5))
+    else:
+        d = int(rng.integers(20, 29) * scale ** 0.5)
     return d, hw, int(hw * rng.uniform(0.8, 1.2))
 
 

@@ -12,7 +12,8 @@ from tests.test_harness_loop import synthetic
 
 
 def test_salvage_kind_reads_the_entrypoint_lines():
-    normal = "app: c: K=2 iteration=0 shape=(4, 4, 4) deadline=27.0s\napp: c: K=2 iteration=0 engine=app.engine:run 1.2s -> o"
+    normal = ("app: c: K=2 iteration=0 shape=(4, 4, 4) deadline=27.0s\n"
+              "app: c: K=2 iteration=0 engine=app.engine:run 1.2s -> o")
     assert salvage_kind(normal) is None and salvage_kind("") is None and salvage_kind(None) is None
     deadline = "app: c: K=2 iteration=3 engine=deadline reached: partial result + fallback 12.1s -> o"
     assert salvage_kind(deadline) == "deadline"

@@ -7,7 +7,7 @@
 #
 # No Docker engine and no registry are reachable here, so the base image is a stand-in for
 # python:3.13-slim-bookworm: debootstrap bookworm (python 3.11) + the on-disk CPU torch wheel
-# (see /work/shared/docs/container-recipe.md). Runs as root, non-interactive.
+# (see ../shared/docs/container-recipe.md, beside the repository). Runs as root, non-interactive.
 #
 # Environment:
 #   SEGFM_CTR_DIR  store + scratch dir, kept between runs for caching (default /var/tmp/segfm-ctr)
@@ -20,6 +20,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CTR=${SEGFM_CTR_DIR:-/var/tmp/segfm-ctr}
 IMAGE=localhost/segfm3d:test
 PY="$REPO/.venv/bin/python"
+RECIPE="$REPO/../shared/docs/container-recipe.md"  # the recipe this script follows; may be absent (CI)
 TORCH_VERSION=2.13.0
 
 log() { printf '[container-test %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -30,6 +31,8 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 T_START=$(now)
 [ -x "$PY" ] || die "no venv at $REPO/.venv (run make setup)"
 [ "$(id -u)" = 0 ] || die "needs root (buildah/podman rootful store, debootstrap)"
+if [ -f "$RECIPE" ]; then log "recipe: $(cd "$(dirname "$RECIPE")" && pwd)/$(basename "$RECIPE")"
+else log "recipe $RECIPE absent: following the steps built into this script"; fi
 
 # ---- 0. tools -------------------------------------------------------------------------------
 missing=()
