@@ -181,7 +181,8 @@ class LabelledData:
         self.labels: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # case number -> (ids, cum weights)
         for n, (_, case) in enumerate(self.cases):
             ids = np.asarray(case.label_ids)
-            w = np.array([self._weight(f"{case.name}:{i}") for i in ids]) * (np.asarray(case.label_counts) >= min_voxels)
+            big_enough = np.asarray(case.label_counts) >= min_voxels
+            w = np.array([self._weight(f"{case.name}:{i}") for i in ids]) * big_enough
             cw = self._weight(case.name)
             if w.sum() <= 0 or cw <= 0:
                 continue

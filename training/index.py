@@ -195,7 +195,8 @@ def read_case(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, str
         sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         sp = np.empty(0)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= SPACING_RANGE[0]) or np.any(sp > SPACING_RANGE[1]):
+    if (sp.shape != (3,) or not np.all(np.isfinite(sp))
+            or np.any(sp <= SPACING_RANGE[0]) or np.any(sp > SPACING_RANGE[1])):
         raise BadCase(f"absurd spacing {np.asarray(spacing).tolist()!r}")
     img_dtype, gts_dtype = str(image.dtype), str(gts.dtype)
     labels = _labels_integer(gts)

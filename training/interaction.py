@@ -38,7 +38,8 @@ def sampled_click(rng: np.random.Generator, pred: np.ndarray, truth: np.ndarray,
     if not error.any():
         return None
     component = largest_component(error) if rng.random() < 0.5 else error
-    depth = edt.edt(np.pad(component, 1).astype(np.uint8), anisotropy=tuple(float(s) for s in spacing))[1:-1, 1:-1, 1:-1]
+    anisotropy = tuple(float(s) for s in spacing)
+    depth = edt.edt(np.pad(component, 1).astype(np.uint8), anisotropy=anisotropy)[1:-1, 1:-1, 1:-1]
     coords = np.argwhere(component)
     d = depth[tuple(coords.T)]
     sigma = max(d.max() * rng.uniform(0.2, 1.0), 1e-3)

@@ -90,7 +90,8 @@ def organ_scene(rng, shape, spacing):
         centre = extent * rng.uniform(0.25, 0.75, 3)
         mask = blob(rng, shape, spacing, centre, radii, rng.uniform(0.0, 0.6)) & body
         if rng.random() < 0.25:  # a crescent: a neighbour (heart, liver) pushes into it, like a lung
-            bite = blob(rng, shape, spacing, centre + radii * rng.uniform(-0.8, 0.8, 3), radii * rng.uniform(0.5, 0.9, 3), 0.2)
+            bite_centre = centre + radii * rng.uniform(-0.8, 0.8, 3)
+            bite = blob(rng, shape, spacing, bite_centre, radii * rng.uniform(0.5, 0.9, 3), 0.2)
             mask &= ~bite
         roll = rng.random()
         if roll < 0.45 and mask.sum() > 500:
@@ -192,7 +193,8 @@ def tissue_scene(rng, shape, spacing):
     the intensity says much, as in real multi-class MR."""
     extent = np.asarray(shape) * spacing
     body = blob(rng, shape, spacing, extent / 2, extent * rng.uniform(0.35, 0.5, 3), 0.2)
-    field = smooth_noise(rng, shape, int(rng.integers(4, 12))) + 0.5 * smooth_noise(rng, shape, int(rng.integers(12, 24)))
+    coarse = smooth_noise(rng, shape, int(rng.integers(4, 12)))
+    field = coarse + 0.5 * smooth_noise(rng, shape, int(rng.integers(12, 24)))
     k = int(rng.integers(2, 6))
     levels = np.quantile(field[body], np.linspace(0, 1, k + 1)[1:-1]) if body.any() else []
     labels = (np.digitize(field, levels) + 1).astype(np.uint8)

@@ -155,7 +155,8 @@ def global_sample(rng, case, model, cfg: TrainConfig):
         prev = canvas.mask_full()
     lo, hi = prompt_bounds(view.box, p.fg, prev)
     roi = roi_around(lo - rng.integers(0, 4, 3), hi + rng.integers(0, 4, 3), (cfg.patch,) * 3)
-    x = encode(segmenter.image, roi, case.spacing, view.box, p.fg, p.bg, None if prev is None else torch.from_numpy(prev))
+    prev_t = None if prev is None else torch.from_numpy(prev)
+    x = encode(segmenter.image, roi, case.spacing, view.box, p.fg, p.bg, prev_t)
     y = to_patch(crop(torch.from_numpy(truth)[None].float(), roi), roi) > 0.5
     return x, y.float()
 
