@@ -285,6 +285,10 @@ class ClassSegmenter:
         if self.click_local and view.has_prev and view.prompts.has_new_click:
             confine_to_click(canvas, view, self.spacing)
             steps = (*steps, "confined")
+        band = float(os.environ.get("SEGFM_KEEP_BAND", "0"))
+        if band > 0 and view.has_prev and canvas.probs.numel():
+            prev = torch.from_numpy(view.prev_mask()[canvas.region()].astype(np.float32))
+            canvas.probs = torch.where((canvas.probs - 0.5).abs() < band, prev, canvas.probs)
         return canvas, steps, base
 
     def prepare(self, view: ClassView) -> ClassView:
@@ -392,7 +396,8 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     if click_local is None:
         click_local = os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1"
     autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and autobox_suits(case.name)
-    segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock, refine=refine, click_local=click_local,
+    segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock, refine=refine,
+                               click_local=click_local,
                                autobox=autobox)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class without refinement: what a class is sure to need
