@@ -152,26 +152,36 @@ def class_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def task_table(rows: list[dict], order: dict[str, int]) -> str:
-    """Per (task type, mode, predictor): class means of CLASS_COLUMNS, click counts and mean DSC gain."""
+def task_scores(rows: list[dict], order: dict[str, int] | None = None) -> list[dict]:
+    """Per (task type, mode, predictor): class means of CLASS_COLUMNS, click counts and the mean DSC
+    change per click; rows in the report's order. Also written as scores.json (the manifest's scores)."""
     groups = defaultdict(list)
+    order = order or {name: i for i, name in enumerate(dict.fromkeys(r["predictor"] for r in rows))}
     for row in rows:
-        groups[(row["task"], row["mode"], order[row["predictor"]])].append(row)
+        groups[(row["task"], row["mode"], row["predictor"])].append(row)
     rank = {t: i for i, t in enumerate(TASK_ORDER)}
-    names = {i: n for n, i in order.items()}
+    out = []
+    for task, mode, predictor in sorted(groups, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1], order[k[2]])):
+        rs = groups[(task, mode, predictor)]
+        clicks = sum(r["clicks"] for r in rs)
+        gains = [r["dsc_gain_per_click"] * r["clicks"] for r in rs if r["clicks"]]
+        out.append({"task": task, "mode": mode, "predictor": predictor, "classes": len(rs),
+                    "cases": len({r["case"] for r in rs}), **{k: _mean([r[k] for r in rs]) for _, k in CLASS_COLUMNS},
+                    "clicks": clicks, "clicks_lowering": sum(r["clicks_lowering"] for r in rs),
+                    "dsc_gain_per_click": sum(gains) / clicks if clicks else None})
+    return out
+
+
+def task_table(rows: list[dict], order: dict[str, int]) -> str:
+    """task_scores as a Markdown table."""
     lines = ["| task | mode | predictor | classes (cases) | " + " | ".join(c for c, _ in CLASS_COLUMNS)
              + " | clicks lowering | dDSC/click |",
              "|" + "---|" * (4 + len(CLASS_COLUMNS) + 2)]
-    for task, mode, p in sorted(groups, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1], k[2])):
-        rs = groups[(task, mode, p)]
-        values = [_fmt(_mean([r[k] for r in rs]), k) for _, k in CLASS_COLUMNS]
-        clicks = sum(r["clicks"] for r in rs)
-        lowered = sum(r["clicks_lowering"] for r in rs)
-        gains = [r["dsc_gain_per_click"] * r["clicks"] for r in rs if r["clicks"]]
-        gain = f"{sum(gains) / clicks:+.3f}" if clicks else "-"
-        cases = len({r["case"] for r in rs})
-        lines.append(f"| {task} | {mode} | {names[p]} | {len(rs)} ({cases}) | " + " | ".join(values)
-                     + f" | {lowered}/{clicks} | {gain} |")
+    for g in task_scores(rows, order):
+        values = [_fmt(g[k], k) for _, k in CLASS_COLUMNS]
+        gain = "-" if g["dsc_gain_per_click"] is None else f"{g['dsc_gain_per_click']:+.3f}"
+        lines.append(f"| {g['task']} | {g['mode']} | {g['predictor']} | {g['classes']} ({g['cases']}) | "
+                     + " | ".join(values) + f" | {g['clicks_lowering']}/{g['clicks']} | {gain} |")
     return "\n".join(lines)
 
 
@@ -239,6 +249,7 @@ def write(records: list[dict], out: Path) -> str:
         writer = csv.DictWriter(f, CLASS_CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(class_rows(records))
+    (out / "scores.json").write_text(json.dumps(task_scores(class_rows(records)), indent=1))
     summary = summary_markdown(records)
     (out / "summary.md").write_text(summary)
     from harness import figures  # matplotlib only when writing figures

@@ -54,6 +54,9 @@ def test_task_table_averages_over_the_classes_of_each_type():
     assert organ[8] == "0/6" and float(organ[9]) == pytest.approx((0.1 + 0.5) / 6, abs=1e-3)
     summary = report.summary_markdown([a, b])
     assert "## Per task type" in summary and "| lesion | box | p | 1 (1) | 0.200 |" in summary
+    scores = {s["task"]: s for s in report.task_scores(rows)}  # scores.json, the manifest's scores
+    assert scores["organ"]["dsc_final"] == pytest.approx(0.95) and scores["organ"]["clicks"] == 6
+    assert scores["lesion"]["clicks_lowering"] == 1
 
 
 def test_records_without_task_types_give_no_task_section():
