@@ -25,6 +25,7 @@ import torch
 from scipy import ndimage
 
 from app.autobox import grown_bounds, intensity_box, touches_open_side
+from app.clickfix import MAX_RADIUS, correct
 from app.experts import Expert, load_experts
 from app.fallback import fallback_labels
 from app.io import Box, Case, ClassPrompts
@@ -173,6 +174,11 @@ class ClassCanvas:
         new = torch.sigmoid(logits[crop_sl])
         target.copy_(new if weight is None else weight[crop_sl] * new + (1 - weight[crop_sl]) * target)
 
+    def window(self, img_sl) -> torch.Tensor:
+        """The probabilities on an image window, as a view (the canvas grows to hold it)."""
+        self._cover(img_sl)
+        return self.probs[self._local(img_sl)]
+
     def mask_on(self, roi: Roi) -> np.ndarray:
         """The class's current binary mask on the RoI's crop grid (zero outside the canvas)."""
         out = np.zeros(roi.size, bool)
@@ -278,6 +284,8 @@ class ClassSegmenter:
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
             self.local_pass(canvas, view, newest[0])
             steps = (*steps, "local")
+        if os.environ.get("SEGFM_CLICK_GUARD", "0") == "1" and self.follow_click(canvas, view):
+            steps = (*steps, "clickfix")
         base = self.clock() - started
         if roi is not None and roi.zoomed and self.refine:
             tiles = self._refine(canvas, view, until)
@@ -298,6 +306,26 @@ class ClassSegmenter:
         if view.box is None or view.has_prev:
             return view
         return view.with_prev(box_prior(self.image.numpy(), view.full_box(), self.spacing))
+
+    def follow_click(self, canvas: ClassCanvas, view: ClassView) -> bool:
+        """When the mask leaves the newest click's own voxel wrong, the classical correction around
+        the click (app.clickfix) edits it; True when it did."""
+        newest = view.prompts.newest_click
+        if newest is None:
+            return False
+        point, is_fg = newest
+        reach = MAX_RADIUS + 2
+        window = tuple(slice(max(p - reach, 0), min(p + reach + 1, n)) for p, n in zip(point, self.shape))
+        probs = canvas.window(window)
+        local = tuple(p - w.start for p, w in zip(point, window))
+        if bool(probs[local] > 0.5) == is_fg:
+            return False
+        before = (probs > 0.5).numpy()
+        labels = before.astype(np.uint8)
+        correct(labels, self.image.numpy()[window], 1, local, is_fg)
+        changed = torch.from_numpy(labels.astype(bool) != before)
+        probs[changed] = torch.from_numpy(labels.astype(np.float32))[changed]
+        return True
 
     def with_autobox(self, view: ClassView) -> ClassView:
         """A box-less class known by a positive click gets the intensity region's box."""

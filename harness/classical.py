@@ -3,26 +3,20 @@
 Box stage: app.prior's score (ellipse shape prior plus a refitted intensity model) per
 class; classes compete by score. The engine feeds the same estimate to its network.
 
-Click stage: the official click sits at the deepest voxel of the largest error, so its
-distance to the current mask (fg) or to the mask boundary (bg) bounds the error's radius.
-Each new click adds (removes) the voxels that are intensity-similar to the click, connected
-to it and within about twice that radius; for an empty mask (no-box start) the radius comes
-from growing shells around the click until fewer than half of them stay similar. Classes
-without a new click keep prev_pred. All distances are in voxels, as the official click rule.
+Click stage: app.clickfix's correction at each new click (the voxels intensity-similar to the
+click, connected to it, within about twice the error's radius, added or removed); for an empty
+mask (no-box start) a box stage on a box sized by the click's blob scale. Classes without a
+new click keep prev_pred. All distances are in voxels, as the official click rule.
 """
 
 from __future__ import annotations
 
-import cc3d
 import numpy as np
-from scipy import ndimage
 
+from app.clickfix import correct
 from app.io import Box
 from app.prior import BINS, box_score, histogram
 
-MAX_RADIUS = 25  # voxels, cap of any click correction
-MIN_TOLERANCE = 8.0  # grey levels
-GROW_FRACTION = 0.5
 SCALES = (2, 3, 4, 6, 8, 12, 16, 24)  # click_scale candidates, finest-axis voxels
 
 
@@ -93,60 +87,3 @@ def seed(segs: np.ndarray, image: np.ndarray, label: int, point, spacing) -> Non
     window, score = box_score(image, box, spacing)
     segs[window][score > 0] = label
     segs[tuple(point)] = label
-
-
-# --- click stage -------------------------------------------------------------------------------------
-
-
-def correct(segs: np.ndarray, image: np.ndarray, label: int, point, is_fg: bool) -> None:
-    """Add (fg) or remove (bg) the click's error region, in place."""
-    lo = [max(p - MAX_RADIUS - 1, 0) for p in point]
-    hi = [min(p + MAX_RADIUS + 2, s) for p, s in zip(point, image.shape)]
-    window = tuple(slice(a, b) for a, b in zip(lo, hi))
-    local = tuple(p - a for p, a in zip(point, lo))
-    region = segs[window]
-    mask = region == label
-    grids = np.ogrid[window]
-    dist = np.sqrt(sum((g - p) ** 2 for g, p in zip(grids, point)))
-    # fg: the error lies outside the mask, bg: inside; its depth is at most the distance across.
-    across = dist[mask] if is_fg else dist[~mask]
-    depth = float(across.min()) if across.size else np.inf
-    similar = similar_component(image[window].astype(np.float32), local, mask if is_fg else None)
-    reach = min(2.0 * max(depth, 1.0), grow_radius(similar, dist) + 1.0)
-    change = similar & (dist <= reach)
-    if is_fg:
-        region[change] = label  # the click itself is always in `change`
-    else:
-        region[(change | (dist < depth)) & mask] = 0
-
-
-def similar_component(img: np.ndarray, local: tuple, reference: np.ndarray | None) -> np.ndarray:
-    """Voxels like the click's neighbourhood, 26-connected to the click. The tolerance is the
-    class's robust spread when the class has voxels here, else the image noise: a plain std
-    next to an edge would span both sides of it."""
-    smooth = ndimage.gaussian_filter(img, 0.7)
-    near = tuple(slice(max(p - 1, 0), p + 2) for p in local)
-    if reference is not None and reference.sum() >= 30:
-        spread = robust_sigma(img[reference])
-    else:
-        spread = robust_sigma(img - ndimage.gaussian_filter(img, 1.0))
-    tolerance = max(2.5 * spread, MIN_TOLERANCE)
-    similar = np.abs(smooth - float(np.median(img[near]))) <= tolerance
-    similar[local] = True
-    components = cc3d.connected_components(similar.astype(np.uint8), connectivity=26)
-    return components == components[local]
-
-
-def robust_sigma(values: np.ndarray) -> float:
-    """Standard deviation estimated from the median absolute deviation."""
-    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
-
-
-def grow_radius(component: np.ndarray, dist: np.ndarray) -> float:
-    """The first shell radius around the click where less than half of the shell is in the component."""
-    shells = np.floor(dist).astype(np.int64)
-    total = np.bincount(shells.ravel())
-    inside = np.bincount(shells[component], minlength=total.size)
-    frac = inside[1:] / np.maximum(total[1:], 1)
-    low = np.flatnonzero(frac < GROW_FRACTION)
-    return float(low[0] + 1) if low.size else float(MAX_RADIUS)

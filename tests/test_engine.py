@@ -358,3 +358,24 @@ def test_intensity_box_finds_a_bright_blob_and_refuses_a_flood():
     lo, hi = intensity_box(image, (1.0, 1.0, 1.0), (12, 16, 20))
     assert np.all(np.abs(lo - (10, 12, 15)) <= 1) and np.all(np.abs(hi - (15, 21, 29)) <= 1)
     assert intensity_box(image, (1.0, 1.0, 1.0), (25, 5, 5)) is None  # background floods the crop
+
+
+def test_a_click_the_mask_left_wrong_is_followed_by_the_classical_correction():
+    image = np.full((30, 40, 40), 40, np.uint8)
+    image[5:25, 5:35, 5:35] = 200  # one bright object
+    segmenter = engine.ClassSegmenter(image, np.ones(3), None, None)
+    canvas = engine.ClassCanvas(image.shape)
+    half = np.zeros(image.shape, np.float32)
+    half[5:25, 5:35, 5:20] = 1.0  # the mask holds the object's left half
+    canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(half), np.zeros(3, int), np.array(image.shape)
+    fg = ClassPrompts(None, [(15, 20, 28)], [], ["fg"])
+    view = engine.ClassView(1, fg, None)
+    assert segmenter.follow_click(canvas, view)
+    mask = canvas.mask_full()
+    assert mask[15, 20, 28] and mask[5:25, 5:35, 5:35].mean() > 0.75  # most of the missed half came in
+    assert not mask[image == 40].any()  # and nothing of the dark background
+    followed = canvas.probs.clone()
+    assert not segmenter.follow_click(canvas, view)  # the click is right now: nothing to do
+    assert torch.equal(canvas.probs, followed)
+    bg = engine.ClassView(1, ClassPrompts(None, [], [(15, 20, 28)], ["bg"]), None)
+    assert segmenter.follow_click(canvas, bg) and not canvas.mask_full()[15, 20, 28]
