@@ -30,28 +30,41 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_summary(run_dir: Path) -> dict:
-    """Wall time, throughput and last validation of a training run, from its history.jsonl."""
+def run_summary(run_dir: Path, threads: int = 1, batch: int = 4) -> dict:
+    """Wall time, samples, CPU hours and the validation curve of a training run, from its
+    history.jsonl (appended by every leg of a resumed run; a leg starts where `minutes` falls)."""
     history = run_dir / "history.jsonl"
     if not history.exists():
         return {}
     records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
     steps = [r for r in records if "loss" in r]
-    vals = [r for r in records if "val" in r]
+    legs: list[list[dict]] = []
+    for r in steps:
+        if not legs or r["minutes"] < legs[-1][-1]["minutes"]:
+            legs.append([])
+        legs[-1].append(r)
+    minutes = sum(leg[-1]["minutes"] for leg in legs)
+    samples = sum((leg[-1]["step"] - leg[0]["step"] + 10) * batch for leg in legs)  # log_every 10
     return {
-        "logged_minutes_this_run": round(steps[-1]["minutes"], 1) if steps else None,
+        "legs": len(legs),
+        "minutes": round(minutes, 1),
+        "cpu_hours": round(minutes * threads / 60, 2),
+        "samples_drawn": samples,
         "samples_per_s_last": round(steps[-1]["samples_per_s"], 2) if steps else None,
         "final_loss": round(steps[-1]["loss"], 4) if steps else None,
-        "synthetic_validation_dsc": vals[-1]["val"] if vals else None,
+        "validation_curve": [{k: r[k] for k in ("step", "val", "official") if k in r}
+                             for r in records if "val" in r],
     }
 
 
-def entry(path: Path, previous: dict) -> dict:
+def entry(path: Path, previous: dict, init: str = "") -> dict:
     weights = torch.load(path, map_location="cpu", weights_only=False)
     meta = weights["meta"]
     params = sum(v.numel() for v in weights["model"].values())
     ckpt = ROOT / "runs" / meta["expert"] / "ckpt.pt"
     config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"] if ckpt.exists() else None
+    if config is not None and init:
+        config["init"] = config.get("init") or init
     commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "training", "app/models"],
                             check=False, capture_output=True, text=True).stdout.strip()
     digest = sha256(path)
@@ -70,17 +83,43 @@ def entry(path: Path, previous: dict) -> dict:
             "real_validation_cases_never_trained_on": [p for split, p in read_split(BUNDLED_SPLIT) if split != "train"],
         },
         "training_config": config or previous.get("training_config"),
-        "run": run_summary(ROOT / "runs" / meta["expert"]) or previous.get("run"),
+        "run": run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config)) or previous.get("run"),
         "machine": previous.get("machine") or f"{platform.machine()} {platform.processor() or ''} CPU, 2 cores".strip(),
         "training_code_commit": commit or previous.get("training_code_commit"),
         "harness_scores": previous.get("harness_scores") if previous.get("sha256") == digest else None,
+        "cumulative": cumulative(previous, digest, run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config)),
+                                 config),
     }
 
 
-def write(scores: dict | None = None) -> dict:
+def cumulative(previous: dict, digest: str, run: dict, config: dict | None) -> dict | None:
+    """Samples and CPU hours behind the file: this run's, plus those of the weights it started
+    from (--init: the file this entry replaces) when it did."""
+    if previous.get("sha256") == digest:
+        return previous.get("cumulative")
+    if not run:
+        return None
+    own = {"samples": run["samples_drawn"], "cpu_hours": run["cpu_hours"]}
+    if not (config and config.get("init")):
+        return own
+    base = previous.get("cumulative") or {
+        "samples": previous.get("steps", 0) * threads_batch(previous.get("training_config"))[1],
+        "cpu_hours": round((previous.get("run") or {}).get("logged_minutes_this_run", 0)
+                           * threads_batch(previous.get("training_config"))[0] / 60, 2)}
+    return {"samples": own["samples"] + base["samples"], "cpu_hours": round(own["cpu_hours"] + base["cpu_hours"], 2),
+            "initialised_from": {"file": config["init"], "steps": previous.get("steps"), **base}}
+
+
+def threads_batch(config: dict | None) -> tuple[int, int]:
+    if not config:
+        return 1, 4
+    return int(config.get("threads", 1)), int(config.get("global_batch") or config.get("batch", 4))
+
+
+def write(scores: dict | None = None, init: str = "") -> dict:
     old = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     files = sorted(p for p in WEIGHTS.iterdir() if p.suffix == ".pt")
-    manifest = {p.name: entry(p, old.get(p.name, {})) for p in files}
+    manifest = {p.name: entry(p, old.get(p.name, {}), init) for p in files}
     for item in manifest.values():
         if scores is not None:
             item["harness_scores"] = scores
@@ -91,6 +130,8 @@ def write(scores: dict | None = None) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scores", type=Path, help="a JSON file of harness scores to record")
+    parser.add_argument("--init", default="", help="the weights the run started from, where its checkpoint "
+                        "predates train.py keeping that on record")
     args = parser.parse_args()
-    manifest = write(json.loads(args.scores.read_text()) if args.scores else None)
+    manifest = write(json.loads(args.scores.read_text()) if args.scores else None, args.init)
     print(json.dumps({k: {"sha256": v["sha256"][:12], "steps": v["steps"]} for k, v in manifest.items()}))

@@ -308,6 +308,7 @@ def main(cfg: TrainConfig) -> None:
         model.load_state_dict(ckpt["model"])
         optim.load_state_dict(ckpt["optim"])
         step = ckpt["step"]
+        cfg.init = cfg.init or ckpt["config"].get("init", "")  # the lineage stays on record (manifest)
         rng.bit_generator.state = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else rng.bit_generator.state
         print(f"resumed {ckpt_path} at step {step}", flush=True)
     elif cfg.init:
