@@ -293,10 +293,6 @@ class ClassSegmenter:
         if self.click_local and view.has_prev and view.prompts.has_new_click:
             confine_to_click(canvas, view, self.spacing)
             steps = (*steps, "confined")
-        band = float(os.environ.get("SEGFM_KEEP_BAND", "0"))
-        if band > 0 and view.has_prev and canvas.probs.numel():
-            prev = torch.from_numpy(view.prev_mask()[canvas.region()].astype(np.float32))
-            canvas.probs = torch.where((canvas.probs - 0.5).abs() < band, prev, canvas.probs)
         return canvas, steps, base
 
     def prepare(self, view: ClassView) -> ClassView:
