@@ -6,6 +6,7 @@ so the engine and the baselines are timed the same way. Examples:
     python -m harness.eval --predictor classical --cases MR_PyRadiomics_brain2 --both-modes
     python -m harness.eval --shard 0/2 --out reports/eval/s0; python -m harness.merge reports/eval/s*
     python -m harness.valset && python -m harness.eval --data reports/valset --predictor classical,boxfill
+    python -m harness.eval --data reports/valset --predictor engine --in-process   # tuning: no process starts
 
 A data folder may hold a tasks.json (harness.valset writes one): its cases run in their declared
 box mode, and their records carry each class's name and task type for the per-task tables.
@@ -14,6 +15,7 @@ box mode, and their records carry each class's name and task type for the per-ta
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
 import sys
 import time
@@ -59,13 +61,16 @@ def jobs_for(cases: list[Path], predictors: list[str], no_box: bool, both: bool)
     return jobs
 
 
-def run_job(job: tuple, out: Path, container: str | None, timeout: float) -> dict:
+def run_job(job: tuple, out: Path, container: str | None, timeout: float, in_process: bool = False) -> dict:
     path, box_mode, name = job
     start = time.perf_counter()
     engine = PREDICTORS.get(name, name)  # a 'module:function' name runs that function
     case = loop.load_labelled(path)
     classes = loop.load_tasks(Path(path).parent).get(case.name, {}).get("classes")
-    predictor = loop.ProcessPredictor(engine=engine, container=container, timeout=timeout)
+    if in_process:
+        predictor = loop.InProcessPredictor(resolve(engine or "app.engine:run"))
+    else:
+        predictor = loop.ProcessPredictor(engine=engine, container=container, timeout=timeout)
     mode = "box" if box_mode else "no-box"
     record, preds = loop.run_case(case, predictor, box_mode, label=f"{case.name} {name} {mode}")
     pred_path = (out / "preds" / f"{case.name}__{mode}__{name.replace(':', '.')}.npz").resolve()
@@ -76,6 +81,12 @@ def run_job(job: tuple, out: Path, container: str | None, timeout: float) -> dic
         typed = {"task_types": [c["task"] for c in classes], "class_names": [c["name"] for c in classes]}
     return {**record, **typed, "predictor": name, "path": str(Path(path).resolve()), "preds": str(pred_path),
             "wall_s": time.perf_counter() - start}
+
+
+def resolve(name: str):
+    """'module:function' -> the function."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _run_job(args) -> dict:
@@ -95,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it counts as failed")
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--in-process", action="store_true",
+                    help="call the predictor in this process without a deadline (quick tuning; no timing, no watchdog)")
     ap.add_argument("--out", type=Path, default=loop.REPO / "reports/eval")
     return ap.parse_args(argv)
 
@@ -106,7 +119,7 @@ def main(argv=None) -> None:
     index, count = (int(v) for v in args.shard.split("/"))
     jobs = jobs_for(cases, predictors, args.no_box, args.both_modes)[index::count]
     print(f"{len(jobs)} jobs: {len(cases)} cases x {predictors}", file=sys.stderr, flush=True)
-    tasks = [(job, args.out, args.container, args.timeout) for job in jobs]
+    tasks = [(job, args.out, args.container, args.timeout, args.in_process) for job in jobs]
     if args.workers > 1:
         with multiprocessing.Pool(args.workers) as pool:
             records = list(pool.imap_unordered(_run_job, tasks))

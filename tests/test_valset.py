@@ -120,3 +120,19 @@ def test_written_set_declares_modes_for_the_harness(tmp_path):
     jobs = harness_eval.jobs_for(cases, ["boxfill"], no_box=False, both=True)
     assert {(p.stem, box) for p, box, _ in jobs} == {("MR_valset_brain2_head", True), ("MR_valset_brain2_head", False),
                                                      (case.name, False)}
+
+
+def test_in_process_evaluation_matches_the_entrypoint(tmp_path):
+    """--in-process (tuning) must score what predict.sh scores: same files, same reading and writing."""
+    case = valset.nuclei_case(count=4, shape=(8, 32, 32))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tasks.json").write_text(json.dumps({"cases": {case.name: valset.write(case, data)}}))
+    scores = {}
+    for flag in ([], ["--in-process"]):
+        out = tmp_path / ("in" if flag else "proc")
+        harness_eval.main(["--data", str(data), "--predictor", "boxfill_clicks", "--out", str(out), *flag])
+        (record,) = json.loads((out / "results.json").read_text())
+        scores[bool(flag)] = [round(it["dsc"], 6) for it in record["iterations"]]
+    assert scores[True] == scores[False] and len(scores[True]) == loop.CLICK_ITERATIONS
+    assert scores[True][-1] > 0  # clicks painted: the predictor really ran
