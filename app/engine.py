@@ -263,8 +263,10 @@ class ClassSegmenter:
     """
 
     def __init__(self, image: np.ndarray, spacing, global_expert: Expert, local_expert: Expert | None,
-                 clock=time.monotonic, refine: bool = True, click_local: bool = False, autobox: bool = True):
+                 clock=time.monotonic, refine: bool = True, click_local: bool = False, autobox: bool = True,
+                 click_guard: bool = True):
         self.clock, self.refine, self.click_local, self.autobox = clock, refine, click_local, autobox
+        self.click_guard = click_guard
         self.image = torch.from_numpy(image)
         self.spacing = spacing
         self.shape = image.shape
@@ -284,7 +286,7 @@ class ClassSegmenter:
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
             self.local_pass(canvas, view, newest[0])
             steps = (*steps, "local")
-        if os.environ.get("SEGFM_CLICK_GUARD", "0") == "1" and self.follow_click(canvas, view):
+        if self.click_guard and self.follow_click(canvas, view):
             steps = (*steps, "clickfix")
         base = self.clock() - started
         if roi is not None and roi.zoomed and self.refine:
@@ -420,9 +422,10 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     if click_local is None:
         click_local = os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1"
     autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and autobox_suits(case.name)
+    click_guard = os.environ.get("SEGFM_CLICK_GUARD", "1") == "1"
     segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock, refine=refine,
                                click_local=click_local,
-                               autobox=autobox)
+                               autobox=autobox, click_guard=click_guard)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class without refinement: what a class is sure to need
     todo = schedule(views)
