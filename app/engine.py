@@ -31,14 +31,13 @@ from app.fallback import fallback_labels
 from app.io import Box, Case, ClassPrompts
 from app.postprocess import StreamingFusion
 from app.prior import box_prior
-from app.roi import Roi, prompt_bounds, roi_around, window_at
+from app.roi import Roi, prompt_bounds, window_at
 from app.state import RunState
 
 MAX_REGROW = 2          # extra global passes when the object runs out of its RoI
 BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam
-TIME_SAFETY = 1.5       # a class (or refinement window) starts only if 1.5 x its expected cost fits
-REFINE_SHARE = 0.7      # refinement may use this part of a class's fair share of the time left
-CONFINE_FACTOR = 2.0    # with click confinement a click may change the mask within 2 x its error radius
+TIME_SAFETY = 1.5       # a class starts only if 1.5 x the slowest class so far fits
+CONFINE_FACTOR = 2.0    # a click may change the previous mask within 2 x its error radius
 CONFINE_SLACK_MM = 3.0  # ... plus this, with a soft edge of the same width
 CONFINE_REACH_MM = 60.0
 # The intensity autobox for box-less classes raised no-box DSC_Final on held-out CT/MR lesions
@@ -199,27 +198,6 @@ class ClassCanvas:
         return out
 
 
-def boundary_tiles(canvas: ClassCanvas, patch) -> list[tuple[int, int, int]]:
-    """Window centres on a grid (3/4-patch stride) over the mask, those holding most boundary first."""
-    if not canvas.probs.numel():
-        return []
-    mask = (canvas.probs > 0.5).numpy()
-    edge = mask ^ ndimage.binary_erosion(mask)
-    if not edge.any():
-        return []
-    counts = []
-    stride = [max(1, 3 * p // 4) for p in patch]
-    where = np.argwhere(edge)
-    lo, hi = where.min(0), where.max(0)
-    axes = [np.arange(a + s // 2, b + s // 2 + 1, s) for a, b, s in zip(lo, hi, stride)]
-    for centre in np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3):
-        window = tuple(slice(max(c - p // 2, 0), c + p // 2) for c, p in zip(centre, patch))
-        n = int(edge[window].sum())
-        if n:
-            counts.append((n, tuple(int(c + o) for c, o in zip(centre, canvas.lo))))
-    return [c for _, c in sorted(counts, reverse=True)]
-
-
 def error_radius_mm(prev: np.ndarray, click, spacing, reach_mm: float = CONFINE_REACH_MM) -> float:
     """Distance from the click to the nearest voxel whose previous state differs, in mm.
 
@@ -238,7 +216,11 @@ def error_radius_mm(prev: np.ndarray, click, spacing, reach_mm: float = CONFINE_
 
 
 def confine_to_click(canvas: ClassCanvas, view: ClassView, spacing) -> None:
-    """Keep the previous mask except in a ball around the newest click sized by the error it marks."""
+    """Keep the previous mask except in a ball around the newest click sized by the error it marks.
+
+    The network redraws the whole mask every round and drifts (large organs shrink round by
+    round); the organisers' click only says where the largest error is.
+    """
     click = view.prompts.newest_click[0]
     prev = view.prev_mask()
     radius = CONFINE_FACTOR * error_radius_mm(prev, click, spacing) + CONFINE_SLACK_MM
@@ -263,22 +245,16 @@ class ClassSegmenter:
     """
 
     def __init__(self, image: np.ndarray, spacing, global_expert: Expert, local_expert: Expert | None,
-                 clock=time.monotonic, refine: bool = True, click_local: bool = False, autobox: bool = True,
-                 click_guard: bool = True):
-        self.clock, self.refine, self.click_local, self.autobox = clock, refine, click_local, autobox
-        self.click_guard = click_guard
+                 clock=time.monotonic, autobox: bool = True, click_guard: bool = True, confine: bool = True):
+        self.clock, self.autobox, self.click_guard, self.confine = clock, autobox, click_guard, confine
         self.image = torch.from_numpy(image)
         self.spacing = spacing
         self.shape = image.shape
         self.global_expert = global_expert
         self.local_expert = local_expert or global_expert  # the global net on a native window
 
-    def segment(self, view: ClassView, until: float = float("inf")) -> tuple[ClassCanvas, tuple[str, ...], float]:
-        """The class's probabilities, the experts that produced them and the seconds they took.
-
-        Time left before `until` goes to refinement: native-resolution local windows along the
-        boundary of a mask the global expert drew zoomed out (nnInteractive-style refinement).
-        """
+    def segment(self, view: ClassView) -> tuple[ClassCanvas, tuple[str, ...], float]:
+        """The class's probabilities, the experts that produced them and the seconds they took."""
         started = self.clock()
         view = self.prepare(view)
         canvas, roi, steps = self.global_pass(view)
@@ -288,14 +264,10 @@ class ClassSegmenter:
             steps = (*steps, "local")
         if self.click_guard and self.follow_click(canvas, view):
             steps = (*steps, "clickfix")
-        base = self.clock() - started
-        if roi is not None and roi.zoomed and self.refine:
-            tiles = self._refine(canvas, view, until)
-            steps = (*steps, f"refine[{tiles}]")
-        if self.click_local and view.has_prev and view.prompts.has_new_click:
+        if self.confine and view.has_prev and view.prompts.has_new_click:
             confine_to_click(canvas, view, self.spacing)
             steps = (*steps, "confined")
-        return canvas, steps, base
+        return canvas, steps, self.clock() - started
 
     def prepare(self, view: ClassView) -> ClassView:
         """The view the experts see: an autobox for a box-less class known by a click, then the
@@ -354,7 +326,7 @@ class ClassSegmenter:
             bounds = prompt_bounds(None, p.fg, prev)
         prev_t = None if prev is None else torch.from_numpy(prev)
         for _ in range(MAX_REGROW + 1):
-            roi = roi_around(*bounds, self.global_expert.patch)
+            roi = self.global_expert.roi_for(*bounds)
             logits = self.global_expert.logits(self.image, roi, self.spacing, view.box, p.fg, p.bg, prev_t)
             canvas = ClassCanvas(self.shape)
             canvas.put(logits, roi)
@@ -363,18 +335,6 @@ class ClassSegmenter:
                 break
             bounds = grown_bounds(mask, roi, self.shape, *bounds)
         return canvas, roi, (*steps, "global")
-
-    def _refine(self, canvas: ClassCanvas, view: ClassView, until: float) -> int:
-        """Local windows on the mask's boundary, most boundary first, while time allows."""
-        done, slowest = 0, 0.0
-        for centre in boundary_tiles(canvas, self.local_expert.patch):
-            if self.clock() + TIME_SAFETY * slowest > until:
-                break
-            started = self.clock()
-            self.local_pass(canvas, view, centre)
-            slowest = max(slowest, self.clock() - started)
-            done += 1
-        return done
 
     def local_pass(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
         """The local expert on a native window at `centre`, seeing the canvas's mask as the
@@ -386,13 +346,8 @@ class ClassSegmenter:
         canvas.put(logits, roi, None if not canvas.probs.numel() else border_ramp(roi.size))
 
 
-def run(case: Case, state: RunState | None, deadline: float, experts=None, clock=time.monotonic,
-        refine: bool | None = None, click_local: bool | None = None) -> np.ndarray:
-    """The engine behind `python -m app` (signature fixed by app.__main__).
-
-    refine / click_local default to SEGFM_REFINE and SEGFM_CLICK_LOCAL, both off: on the
-    harness neither raised DSC (see README, Engine), and refinement costs most of the time.
-    """
+def run(case: Case, state: RunState | None, deadline: float, experts=None, clock=time.monotonic) -> np.ndarray:
+    """The engine behind `python -m app` (signature fixed by app.__main__)."""
     loading = clock()
     global_expert, local_expert = experts if experts is not None else load_experts()
     log(f"{case.name}: experts ready in {clock() - loading:.2f}s")
@@ -417,31 +372,26 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     if state is not None:
         with state.lock:
             state.partial, state.done = current, set(done)
-    if refine is None:
-        refine = os.environ.get("SEGFM_REFINE", "0") == "1"
-    if click_local is None:
-        click_local = os.environ.get("SEGFM_CLICK_LOCAL", "0") == "1"
     autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and autobox_suits(case.name)
     click_guard = os.environ.get("SEGFM_CLICK_GUARD", "1") == "1"
-    segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock, refine=refine,
-                               click_local=click_local,
-                               autobox=autobox, click_guard=click_guard)
+    confine = os.environ.get("SEGFM_CONFINE", "1") == "1"
+    segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock,
+                               autobox=autobox, click_guard=click_guard, confine=confine)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
-    slowest = 0.0  # the slowest class without refinement: what a class is sure to need
+    slowest = 0.0  # the slowest class so far: what a class is sure to need
     todo = schedule(views)
-    for i, view in enumerate(todo):
+    for view in todo:
         now = clock()
         if now + TIME_SAFETY * slowest > deadline - reserve:
             log(f"{case.name}: time is short: class {view.label} and later ones fall back")
             break
-        fair_share = (deadline - reserve - now) / (len(todo) - i)
-        canvas, steps, base = segmenter.segment(view, until=now + REFINE_SHARE * fair_share)
+        canvas, steps, seconds = segmenter.segment(view)
         with state.lock if state is not None else nullcontext():
             fusion.add(view.label, canvas.probs, canvas.region())
             done.add(view.label)
             if state is not None:
                 state.done.add(view.label)
-        slowest = max(slowest, base)
+        slowest = max(slowest, seconds)
         log(f"{case.name}: class {view.label} {'+'.join(steps) or 'nothing to go on'} {clock() - now:.2f}s")
     return fallback_labels(case, current(), done)
 

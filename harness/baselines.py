@@ -61,17 +61,3 @@ def boxfill_clicks(case, state=None, deadline=None) -> np.ndarray:
     for label, prompts in enumerate(case.prompts, 1):
         replay_clicks(segs, label, prompts, radii)
     return segs
-
-
-def engine_refine(case, state, deadline):
-    """Ablation: the engine with boundary refinement (native local windows along the mask)."""
-    from app import engine
-
-    return engine.run(case, state, deadline, refine=True)
-
-
-def engine_click_local(case, state, deadline):
-    """Ablation: the engine with click confinement (a click changes the mask only near itself)."""
-    from app import engine
-
-    return engine.run(case, state, deadline, click_local=True)

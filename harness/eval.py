@@ -30,8 +30,6 @@ PREDICTORS = {
     "boxfill": "harness.baselines:boxfill",
     "boxfill_clicks": "harness.baselines:boxfill_clicks",
     "classical": "harness.classical:run",
-    "engine_refine": "harness.baselines:engine_refine",
-    "engine_click_local": "harness.baselines:engine_click_local",
 }
 DATA_DIRS = [loop.REPO / "tests/data/labelled", loop.REPO.parent / "shared/samples/labelled"]
 

@@ -10,6 +10,7 @@ import torch
 
 from app import engine
 from app.autobox import grown_bounds, touches_open_side
+from app.experts import Expert
 from app.io import Box, Case, ClassPrompts
 from app.postprocess import StreamingFusion
 from app.prompts import box_channel, click_channel, encode
@@ -139,10 +140,10 @@ def _view(box=True, prev=False, fg=(), bg=(), order=()):
     return engine.ClassView(1, prompts, b, region, prev_pred if prev else None)
 
 
-class BoxExpert:
+class BoxExpert(Expert):
     """Stands in for a network: +8 inside the box channel, -8 outside (the box fill)."""
 
-    patch = (8, 8, 8)
+    patch = zoomed_patch = (8, 8, 8)
 
     def __init__(self):
         self.calls = 0
@@ -169,9 +170,10 @@ class GrowingExpert(BoxExpert):
         return out
 
 
-def _segment(expert, view, shape=(40, 40, 40)):
+def _segment(expert, view, shape=(40, 40, 40), confine=False):
+    """The experts' routing alone: no autobox, and no click confinement unless asked for."""
     image = np.zeros(shape, np.uint8)
-    return engine.ClassSegmenter(image, np.ones(3), expert, None, refine=False, autobox=False).segment(view)
+    return engine.ClassSegmenter(image, np.ones(3), expert, None, autobox=False, confine=confine).segment(view)
 
 
 def test_routing_rules():
@@ -180,12 +182,23 @@ def test_routing_rules():
     assert _segment(BoxExpert(), view)[1] == ("global",)  # native RoI, no click
     clicked = replace(view, prompts=replace(small, fg=[(3, 3, 3)], order=["fg"]))
     assert _segment(BoxExpert(), clicked)[1] == ("global",)  # the click is inside a native RoI
+    assert _segment(BoxExpert(), clicked, confine=True)[1] == ("global", "confined")  # a mask and a new click
     far = replace(view, prompts=replace(small, fg=[(30, 30, 30)], order=["fg"]))
     # the click lies outside the RoI: a local pass; BoxExpert's window still leaves it wrong, so the guard edits
     assert _segment(BoxExpert(), far)[1] == ("global", "local", "clickfix")
     nobox = engine.ClassView(1, ClassPrompts(None, [(3, 3, 3)], [], ["fg"]), None)
     assert _segment(BoxExpert(), nobox)[1][:2] == ("local", "global")
     assert _segment(BoxExpert(), engine.ClassView(1, ClassPrompts(None, [], [], []), None))[1] == ()
+
+
+def test_only_objects_the_trained_patch_must_zoom_get_the_larger_patch():
+    expert = Expert(torch.nn.Identity(), 48, "cpu", zoomed_patch=64)
+    small = expert.roi_for(np.array([10, 10, 10]), np.array([30, 30, 30]))  # 21 voxels: native at 48
+    assert small.patch == (48, 48, 48) and not small.zoomed
+    large = expert.roi_for(np.array([0, 0, 0]), np.array([99, 99, 30]))  # 100 voxels in-plane
+    assert large.patch == (64, 64, 64) and large.zoomed
+    assert large.step[1] < roi_around(np.array([0, 0, 0]), np.array([99, 99, 30]), (48,) * 3).step[1]
+    assert Expert(torch.nn.Identity(), 48, "cpu").zoomed_patch == (48, 48, 48)  # training: the trained patch
 
 
 def test_regrowth_replaces_the_canvas_and_a_zoomed_regrown_roi_gets_the_local_pass():
@@ -306,33 +319,6 @@ def test_many_classes_complete():
         expected[p.box.slices()] = c + 1
     out = engine.run(case, RunState(threading.Lock()), deadline=1e9, experts=(BoxExpert(), None))
     assert len(case.prompts) == 100 and np.array_equal(out, expected)
-
-
-# ----------------------------------------------------------------------------- refinement
-def test_boundary_tiles_cover_the_edge_most_boundary_first():
-    canvas = engine.ClassCanvas((40, 40, 40))
-    canvas.lo, canvas.hi = np.array([5, 5, 5]), np.array([35, 35, 35])
-    canvas.probs = torch.zeros(30, 30, 30)
-    canvas.probs[5:25, 5:25, 5:25] = 1.0
-    tiles = engine.boundary_tiles(canvas, (8, 8, 8))
-    assert tiles
-    for z, y, x in tiles:  # every window centre is near the cube's surface (image coords 10..29)
-        assert all(10 - 4 <= v <= 29 + 4 for v in (z, y, x))
-    assert engine.boundary_tiles(engine.ClassCanvas((4, 4, 4)), (8, 8, 8)) == []
-
-
-def test_refinement_runs_only_when_zoomed_and_while_time_allows():
-    case = _case(k=1, shape=(32, 32, 32))
-    case.prompts[0].box = Box(2, 29, 15, 2, 29, 2, 29)  # larger than the 8^3 patch: zoomed
-    view = engine.class_views(case)[0]
-    expert = BoxExpert()
-    segmenter = engine.ClassSegmenter(case.image, case.spacing, expert, None)
-    _, steps, _ = segmenter.segment(view)
-    assert steps[0] == "global" and steps[-1].startswith("refine[") and steps[-1] != "refine[0]"
-    _, steps, _ = segmenter.segment(view, until=0.0)
-    assert steps[-1] == "refine[0]"
-    _, steps, _ = engine.ClassSegmenter(case.image, case.spacing, expert, None, refine=False).segment(view)
-    assert steps == ("global",)
 
 
 def test_click_confinement_changes_the_mask_only_near_the_click():

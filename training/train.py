@@ -109,7 +109,7 @@ def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
     """The engine's per-class predictor around the live model, as it would run on this case."""
     expert = Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg))
     name = f"{synth.MODALITY_PREFIX[case.look]}_case"
-    return ClassSegmenter(case.image, case.spacing, expert, None, refine=False, autobox=autobox_suits(name))
+    return ClassSegmenter(case.image, case.spacing, expert, None, autobox=autobox_suits(name))
 
 
 def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
@@ -163,8 +163,7 @@ def global_sample(rng, case, model, cfg: TrainConfig):
 
 def local_sample(rng, case, model, cfg: TrainConfig):
     """The local expert's input as the engine builds it: a native window at the newest click
-    (or, as refinement does, on the boundary of the global mask), this round's global mask
-    as the previous one."""
+    (or on the boundary of the global mask), this round's global mask as the previous one."""
     segmenter = segmenter_for(model, case, cfg)
     truth, view = simulate(rng, case, segmenter, cfg)
     canvas, _, _ = segmenter.global_pass(view)
