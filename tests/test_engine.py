@@ -183,6 +183,8 @@ def test_routing_rules():
     clicked = replace(view, prompts=replace(small, fg=[(3, 3, 3)], order=["fg"]))
     assert _segment(BoxExpert(), clicked)[1] == ("global",)  # the click is inside a native RoI
     assert _segment(BoxExpert(), clicked, confine=True)[1] == ("global", "confined")  # a mask and a new click
+    boxless = replace(clicked, prompts=replace(clicked.prompts, box=None))
+    assert "confined" not in _segment(BoxExpert(), boxless, confine=True)[1]  # box-less: the clicks define it
     far = replace(view, prompts=replace(small, fg=[(30, 30, 30)], order=["fg"]))
     # the click lies outside the RoI: a local pass; BoxExpert's window still leaves it wrong, so the guard edits
     assert _segment(BoxExpert(), far)[1] == ("global", "local", "clickfix")
