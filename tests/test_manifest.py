@@ -27,6 +27,11 @@ def test_scores_stay_with_an_unchanged_file_and_go_with_a_changed_one(weights):
     assert manifest.write(scores)["global_expert.pt"]["harness_scores"] == scores
     assert manifest.write()["global_expert.pt"]["harness_scores"] == scores  # same file: kept
 
+    item = json.loads((weights / "MANIFEST.json").read_text())["global_expert.pt"]
+    item["training_config"] = {"seed": 7}  # provenance written when the file was made
+    (weights / "MANIFEST.json").write_text(json.dumps({"global_expert.pt": item}))
+    assert manifest.write(scores)["global_expert.pt"]["training_config"] == {"seed": 7}  # runs/ is not consulted
+
     _weights(weights / "global_expert.pt", 2.0)  # retrained: other weights, same name
     item = manifest.write()["global_expert.pt"]
     assert item["harness_scores"] is None and item["sha256"] == manifest.sha256(weights / "global_expert.pt")

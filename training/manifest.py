@@ -2,10 +2,11 @@
 
     python -m training.manifest --scores reports/eval/summary.json   # rewrite after training/eval
 
-Entries are rebuilt from the files themselves (sha256, size, parameters, the metadata the
-exporter stored) plus the run's checkpoint and history (wall time, throughput) and the
-training code's commit; scores come from a harness summary when given, else stay as they were
-while the file is unchanged: a file whose sha256 changed drops them (they scored other weights).
+A changed (or new) file's entry is built from the file itself (sha256, size, parameters, the
+metadata the exporter stored) plus the run's checkpoint and history (wall time, throughput)
+and the training code's commit. An unchanged file keeps its entry as it was: runs/ may hold a
+later run by now, whose settings are not this file's. Scores come from a harness summary when
+given, else stay while the file is unchanged: a changed file drops them (they scored other weights).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def run_summary(run_dir: Path, threads: int = 1, batch: int = 4) -> dict:
 
 
 def entry(path: Path, previous: dict, init: str = "") -> dict:
+    digest = sha256(path)
+    if previous.get("sha256") == digest:
+        return dict(previous)
     weights = torch.load(path, map_location="cpu", weights_only=False)
     meta = weights["meta"]
     params = sum(v.numel() for v in weights["model"].values())
@@ -67,7 +71,6 @@ def entry(path: Path, previous: dict, init: str = "") -> dict:
         config["init"] = config.get("init") or init
     commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "training", "app/models"],
                             check=False, capture_output=True, text=True).stdout.strip()
-    digest = sha256(path)
     return {
         "sha256": digest,
         "bytes": path.stat().st_size,
@@ -86,17 +89,15 @@ def entry(path: Path, previous: dict, init: str = "") -> dict:
         "run": run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config)) or previous.get("run"),
         "machine": previous.get("machine") or f"{platform.machine()} {platform.processor() or ''} CPU, 2 cores".strip(),
         "training_code_commit": commit or previous.get("training_code_commit"),
-        "harness_scores": previous.get("harness_scores") if previous.get("sha256") == digest else None,
-        "cumulative": cumulative(previous, digest, run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config)),
+        "harness_scores": None,
+        "cumulative": cumulative(previous, run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config)),
                                  config),
     }
 
 
-def cumulative(previous: dict, digest: str, run: dict, config: dict | None) -> dict | None:
-    """Samples and CPU hours behind the file: this run's, plus those of the weights it started
+def cumulative(previous: dict, run: dict, config: dict | None) -> dict | None:
+    """Samples and CPU hours behind a new file: this run's, plus those of the weights it started
     from (--init: the file this entry replaces) when it did."""
-    if previous.get("sha256") == digest:
-        return previous.get("cumulative")
     if not run:
         return None
     own = {"samples": run["samples_drawn"], "cpu_hours": run["cpu_hours"]}
@@ -133,5 +134,6 @@ if __name__ == "__main__":
     parser.add_argument("--init", default="", help="the weights the run started from, where its checkpoint "
                         "predates train.py keeping that on record")
     args = parser.parse_args()
-    manifest = write(json.loads(args.scores.read_text()) if args.scores else None, args.init)
+    scores = {"report": str(args.scores), "scores": json.loads(args.scores.read_text())} if args.scores else None
+    manifest = write(scores, args.init)
     print(json.dumps({k: {"sha256": v["sha256"][:12], "steps": v["steps"]} for k, v in manifest.items()}))
