@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.__main__ import DEFAULT_ENGINE
 from harness import loop, report
 
 PREDICTORS = {
@@ -66,7 +67,7 @@ def run_job(job: tuple, out: Path, container: str | None, timeout: float, in_pro
     case = loop.load_labelled(path)
     classes = loop.load_tasks(Path(path).parent).get(case.name, {}).get("classes")
     if in_process:
-        predictor = loop.InProcessPredictor(resolve(engine or "app.engine:run"))
+        predictor = loop.InProcessPredictor(resolve(engine or DEFAULT_ENGINE))
     else:
         predictor = loop.ProcessPredictor(engine=engine, container=container, timeout=timeout)
     mode = "box" if box_mode else "no-box"
@@ -82,7 +83,8 @@ def run_job(job: tuple, out: Path, container: str | None, timeout: float, in_pro
 
 
 def resolve(name: str):
-    """'module:function' -> the function."""
+    """'module:function' -> the function. Unlike the entrypoint's loader, a failed import raises:
+    a tuning run must not score the fallback engine in the engine's place."""
     module, function = name.split(":")
     return getattr(importlib.import_module(module), function)
 

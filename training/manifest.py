@@ -71,6 +71,7 @@ def entry(path: Path, previous: dict, init: str = "") -> dict:
         config["init"] = config.get("init") or init
     commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "training", "app/models"],
                             check=False, capture_output=True, text=True).stdout.strip()
+    run = run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config))
     return {
         "sha256": digest,
         "bytes": path.stat().st_size,
@@ -86,12 +87,11 @@ def entry(path: Path, previous: dict, init: str = "") -> dict:
             "real_validation_cases_never_trained_on": [p for split, p in read_split(BUNDLED_SPLIT) if split != "train"],
         },
         "training_config": config or previous.get("training_config"),
-        "run": run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config)) or previous.get("run"),
+        "run": run or previous.get("run"),
         "machine": previous.get("machine") or f"{platform.machine()} {platform.processor() or ''} CPU, 2 cores".strip(),
         "training_code_commit": commit or previous.get("training_code_commit"),
         "harness_scores": None,
-        "cumulative": cumulative(previous, run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config)),
-                                 config),
+        "cumulative": cumulative(previous, run, config),
     }
 
 
