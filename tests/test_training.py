@@ -59,6 +59,29 @@ def test_tissue_scene_interleaves_classes_inside_the_body():
     assert len(set(np.round(means))) == len(means)  # distinct intensities: the classes are visible
 
 
+def test_trunk_scene_is_a_ct_body_that_fills_the_scan_around_dark_lungs():
+    """The large CT structures: a body running out of the scan at both z ends, with holes where
+    the lungs and bone are, lungs darker than the body and bone brighter, in either window."""
+    spacing = np.array([2.5, 1.2, 1.2])
+    checked = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        labels, tissue = synth.trunk_scene(rng, (40, 80, 80), spacing)
+        image = synth.render(rng, tissue, tissue > synth.OUTSIDE, spacing, "ct", means=synth.trunk_means(rng, tissue))
+        body = labels == 1
+        lungs = tissue == synth.LUNG
+        if not (body.any() and lungs.any()) or body.sum() < 0.2 * body.size:
+            continue
+        assert body[0].any() and body[-1].any()  # cut by the field of view, like a real trunk
+        assert not (body & np.isin(tissue, (synth.LUNG, synth.BONE, synth.GAS))).any()
+        soft = image[tissue == synth.SOFT].mean()
+        assert image[lungs].mean() < soft - 30 and image[tissue == synth.OUTSIDE].mean() < soft - 30
+        if (tissue == synth.BONE).sum() > 50:
+            assert image[tissue == synth.BONE].mean() > soft
+        checked += 1
+    assert checked >= 3
+
+
 def test_truncated_cases_end_inside_an_object():
     rng = np.random.default_rng(4)
     for _ in range(6):
