@@ -182,13 +182,15 @@ def trunk_scene(rng, shape, spacing):
             radii = (extent[0] * rng.uniform(0.4, 0.7), ry * rng.uniform(0.55, 0.8), rx * rng.uniform(0.3, 0.42))
             lung = ellipsoid(rng, shape, spacing, centre, radii, 0.15) & inner
             if side < 0 and rng.random() < 0.5:  # the heart pushes into one lung
-                lung &= ~ellipsoid(rng, shape, spacing, (lung_z, cy, cx - 0.15 * rx), (radii[0], 0.4 * ry, 0.3 * rx), 0.1)
+                heart = (lung_z, cy, cx - 0.15 * rx), (radii[0], 0.4 * ry, 0.3 * rx)
+                lung &= ~ellipsoid(rng, shape, spacing, *heart, 0.1)
             tissue[lung] = LUNG
             lungs.append(lung)
         vessels = smooth_noise(rng, shape, int(rng.integers(12, 24))) > rng.uniform(0.55, 0.8)
         tissue[(lungs[0] | lungs[1]) & vessels] = VESSEL
     period = rng.uniform(15, 30)  # ribs: bands of a shell below the fat, one every `period` mm
-    ribs = body & (depth >= fat_mm) & (depth < fat_mm + rib_mm) & (np.sin(2 * np.pi * z / period + rng.uniform(0, 6)) > 0.2)
+    bands = np.sin(2 * np.pi * z / period + rng.uniform(0, 6)) > 0.2
+    ribs = body & (depth >= fat_mm) & (depth < fat_mm + rib_mm) & bands
     ribs &= (y - cy) < ry * rng.uniform(0.0, 0.8)  # not all around: open towards the belly
     spine_r = min(ry, rx) * rng.uniform(0.12, 0.2)
     spine = ((y - (cy + 0.55 * ry)) ** 2 + (x - cx) ** 2 < spine_r**2) & body
@@ -204,7 +206,8 @@ def trunk_scene(rng, shape, spacing):
         organs.append(organ)
     for _ in range(int(rng.integers(0, 8))):  # bowel gas and the trachea: dark, unlabelled holes
         centre = (extent[0] * rng.uniform(0, 1), cy + ry * rng.uniform(-0.6, 0.4), cx + rx * rng.uniform(-0.6, 0.6))
-        gas = blob(rng, shape, spacing, centre, extent.min() * rng.uniform(0.02, 0.08, 3), 0.4) & inner & (tissue == SOFT)
+        radii = extent.min() * rng.uniform(0.02, 0.08, 3)
+        gas = blob(rng, shape, spacing, centre, radii, 0.4) & inner & (tissue == SOFT)
         tissue[gas] = GAS
     labels = np.zeros(shape, np.uint8)
     named = [o for o in organs if rng.random() < 0.6]
