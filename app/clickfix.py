@@ -4,9 +4,10 @@ The official click sits at the deepest voxel of the largest error, so its distan
 current mask (fg) or to the mask boundary (bg) bounds the error's radius. The correction adds
 (removes) the voxels that are intensity-similar to the click, connected to it and within about
 twice that radius. Why in the engine: on the valset the network left the clicked voxel itself
-wrong after a third of the clicks on large organs (an abdomen body: 4 of 5), so a click did not
-correct; where that happens the engine applies this correction around the click
-(ClassSegmenter.follow_click). All distances are in voxels, as the official click rule.
+wrong after a third of the clicks on large organs (an abdomen body: 4 of 5), and where it did
+follow a click it moved the mask little; so the engine applies this correction around every
+click, where the network is not sure of the opposite (ClassSegmenter.follow_click). All
+distances are in voxels, as the official click rule.
 """
 
 from __future__ import annotations

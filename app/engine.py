@@ -40,6 +40,7 @@ TIME_SAFETY = 1.5       # a class starts only if 1.5 x the slowest class so far 
 CONFINE_FACTOR = 2.0    # a click may change the previous mask within 2 x its error radius
 CONFINE_SLACK_MM = 3.0  # ... plus this, with a soft edge of the same width
 CONFINE_REACH_MM = 60.0
+VETO = 0.05             # a click's classical correction skips voxels the network gives < 5 % (> 95 % for bg)
 # The intensity autobox for box-less classes raised no-box DSC_Final on held-out CT/MR lesions
 # (0.23 -> 0.38 mean over 4 cases) but lowered it on synthetic microscopy cells (0.86 -> 0.71);
 # paper 002 saw it hurt ultrasound. Challenge file names start with the modality.
@@ -280,8 +281,15 @@ class ClassSegmenter:
         return view.with_prev(box_prior(self.image.numpy(), view.full_box(), self.spacing))
 
     def follow_click(self, canvas: ClassCanvas, view: ClassView) -> bool:
-        """When the mask leaves the newest click's own voxel wrong, the classical correction around
-        the click (app.clickfix) edits it; True when it did."""
+        """The classical correction around the newest click (app.clickfix) on top of the network.
+
+        When the mask leaves the clicked voxel itself wrong, the correction edits that mask.
+        When the network did follow the click, it still moves the mask little (valset: +0.002
+        DSC per click with a box), so the correction of the previous mask is applied as well,
+        except where the network is sure of the opposite (VETO): a click on a lesion must not
+        spill into the tissue around it. Measured with the shipped weights on the valset (box
+        DSC_AUC / DSC_Final / clicks lowering DSC): without 2.560 / 0.643 / 35 of 265; with,
+        unvetoed 2.580 / 0.653 / 38; vetoed 2.589 / 0.657 / 27. True when it changed the mask."""
         newest = view.prompts.newest_click
         if newest is None:
             return False
@@ -290,14 +298,18 @@ class ClassSegmenter:
         window = tuple(slice(max(p - reach, 0), min(p + reach + 1, n)) for p, n in zip(point, self.shape))
         probs = canvas.window(window)
         local = tuple(p - w.start for p, w in zip(point, window))
-        if bool(probs[local] > 0.5) == is_fg:
+        followed = bool(probs[local] > 0.5) == is_fg
+        prev = view.prev_mask()
+        if followed and prev is None:
             return False
-        before = (probs > 0.5).numpy()
+        before = prev[window] if followed else (probs > 0.5).numpy()
         labels = before.astype(np.uint8)
         correct(labels, self.image.numpy()[window], 1, local, is_fg)
         changed = torch.from_numpy(labels.astype(bool) != before)
-        probs[changed] = torch.from_numpy(labels.astype(np.float32))[changed]
-        return True
+        if followed:
+            changed &= (probs > VETO) if is_fg else (probs < 1 - VETO)
+        probs[changed] = float(is_fg)
+        return bool(changed.any())
 
     def with_autobox(self, view: ClassView) -> ClassView:
         """A box-less class known by a positive click gets the intensity region's box."""

@@ -170,10 +170,11 @@ class GrowingExpert(BoxExpert):
         return out
 
 
-def _segment(expert, view, shape=(40, 40, 40), confine=False):
-    """The experts' routing alone: no autobox, and no click confinement unless asked for."""
+def _segment(expert, view, shape=(40, 40, 40), confine=False, guard=False):
+    """The experts' routing alone: no autobox, no click guard or confinement unless asked for."""
     image = np.zeros(shape, np.uint8)
-    return engine.ClassSegmenter(image, np.ones(3), expert, None, autobox=False, confine=confine).segment(view)
+    return engine.ClassSegmenter(image, np.ones(3), expert, None, autobox=False, click_guard=guard,
+                                 confine=confine).segment(view)
 
 
 def test_routing_rules():
@@ -187,7 +188,8 @@ def test_routing_rules():
     assert "confined" not in _segment(BoxExpert(), boxless, confine=True)[1]  # box-less: the clicks define it
     far = replace(view, prompts=replace(small, fg=[(30, 30, 30)], order=["fg"]))
     # the click lies outside the RoI: a local pass; BoxExpert's window still leaves it wrong, so the guard edits
-    assert _segment(BoxExpert(), far)[1] == ("global", "local", "clickfix")
+    assert _segment(BoxExpert(), far)[1] == ("global", "local")
+    assert _segment(BoxExpert(), far, guard=True)[1] == ("global", "local", "clickfix")
     nobox = engine.ClassView(1, ClassPrompts(None, [(3, 3, 3)], [], ["fg"]), None)
     assert _segment(BoxExpert(), nobox)[1][:2] == ("local", "global")
     assert _segment(BoxExpert(), engine.ClassView(1, ClassPrompts(None, [], [], []), None))[1] == ()
@@ -368,3 +370,25 @@ def test_a_click_the_mask_left_wrong_is_followed_by_the_classical_correction():
     assert torch.equal(canvas.probs, followed)
     bg = engine.ClassView(1, ClassPrompts(None, [], [(15, 20, 28)], ["bg"]), None)
     assert segmenter.follow_click(canvas, bg) and not canvas.mask_full()[15, 20, 28]
+
+
+def test_a_followed_click_still_brings_the_correction_except_where_the_network_is_sure():
+    """The network covered the clicked voxel but little else: the classical correction of the
+    previous mask adds the missed part, minus what the network calls background with certainty."""
+    image = np.full((30, 40, 40), 40, np.uint8)
+    image[5:25, 5:35, 5:35] = 200
+    segmenter = engine.ClassSegmenter(image, np.ones(3), None, None)
+    prev = np.zeros(image.shape, bool)
+    prev[5:25, 5:35, 5:20] = True  # the previous mask: the object's left half
+    net = np.where(prev, 0.9, 0.2).astype(np.float32)  # unsure off the previous mask ...
+    net[13:18, 18:23, 26:31] = 0.8  # ... a small blob at the click ...
+    net[5:25, 5:35, 32:35] = 0.01  # ... and is sure the object's far edge is background
+    canvas = engine.ClassCanvas(image.shape)
+    canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(net), np.zeros(3, int), np.array(image.shape)
+    view = engine.ClassView.single(None, [(15, 20, 28)], [], ["fg"], prev)
+    assert segmenter.follow_click(canvas, view)
+    mask = canvas.mask_full()
+    assert mask[8:22, 10:30, 20:32].mean() > 0.9  # the missed half came in, within the error's reach
+    assert not mask[:, :, 32:35].any() and not mask[image == 40].any()
+    no_prev = engine.ClassView.single(None, [(15, 20, 28)], [], ["fg"], None)
+    assert not segmenter.follow_click(canvas, no_prev)  # followed, and nothing to correct

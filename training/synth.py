@@ -159,7 +159,7 @@ TRUNK_WINDOWS = {  # tissue mean ranges in [0, 1] (outside air is 0 in both)
 def trunk_scene(rng, shape, spacing):
     """A CT chest or abdomen: the body fills the scan and runs out of it at both z ends, two
     dark lungs at some height (whole, bases, or none), ribs and spine, gas pockets and organs.
-    Classes: the soft-tissue body (holes where lungs, bone, gas are), each lung, the bone, and
+    Classes: the soft-tissue body (holes where lungs, bone, gas are), each lung (or both as one), the bone, and
     some organs. Why: the real large CT structures the network degraded from its box prior
     (valset body and lungs 0.36-0.64 against 0.74-0.94) have no synthetic counterpart in the
     other scenes. Returns the labels and the tissue map (render it with TRUNK_WINDOWS)."""
@@ -213,6 +213,8 @@ def trunk_scene(rng, shape, spacing):
     named = [o for o in organs if rng.random() < 0.6]
     if rng.random() < 0.8:  # the body class: soft tissue and the organs not named on their own
         labels[np.isin(tissue, (FAT, SOFT)) | ((tissue >= ORGAN) & ~np.any([np.zeros(shape, bool), *named], 0))] = 1
+    if lungs and rng.random() < 0.3:  # both lungs one class: two dark crescents around a bright heart
+        lungs = [lungs[0] | lungs[1]]
     for part in [*lungs, bone if rng.random() < 0.7 else None, *named]:
         if part is not None:
             labels[part] = labels.max() + 1
