@@ -170,17 +170,18 @@ class GrowingExpert(BoxExpert):
         return out
 
 
-def _segment(expert, view, shape=(40, 40, 40), confine=False, guard=False):
-    """The experts' routing alone: no autobox, no click guard or confinement unless asked for."""
+def _segment(expert, view, shape=(40, 40, 40), confine=False, guard=False, prior_weight=0.0):
+    """The experts' routing alone: no autobox, prior blend, click guard or confinement unless asked for."""
     image = np.zeros(shape, np.uint8)
     return engine.ClassSegmenter(image, np.ones(3), expert, None, autobox=False, click_guard=guard,
-                                 confine=confine).segment(view)
+                                 confine=confine, prior_weight=prior_weight).segment(view)
 
 
 def test_routing_rules():
     small = ClassPrompts(Box(2, 5, 3, 2, 5, 2, 5), [], [], [])
     view = engine.ClassView(1, small, (np.array([2, 2, 2]), np.array([5, 5, 5])))
     assert _segment(BoxExpert(), view)[1] == ("global",)  # native RoI, no click
+    assert _segment(BoxExpert(), view, prior_weight=0.4)[1] == ("global", "prior")  # round 0 of a box
     clicked = replace(view, prompts=replace(small, fg=[(3, 3, 3)], order=["fg"]))
     assert _segment(BoxExpert(), clicked)[1] == ("global",)  # the click is inside a native RoI
     assert _segment(BoxExpert(), clicked, confine=True)[1] == ("global", "confined")  # a mask and a new click
@@ -392,3 +393,15 @@ def test_a_followed_click_still_brings_the_correction_except_where_the_network_i
     assert not mask[:, :, 32:35].any() and not mask[image == 40].any()
     no_prev = engine.ClassView.single(None, [(15, 20, 28)], [], ["fg"], None)
     assert not segmenter.follow_click(canvas, no_prev)  # followed, and nothing to correct
+
+
+def test_round_zero_blends_the_prior_so_the_network_must_be_sure_to_overrule_it():
+    canvas = engine.ClassCanvas((4, 4, 4))
+    net = np.zeros((4, 4, 4), np.float32)
+    prior = np.zeros((4, 4, 4), bool)
+    prior[:2] = True
+    net[0], net[1], net[2], net[3] = 0.3, 0.1, 0.7, 0.9  # unsure / sure off the prior; unsure / sure beyond it
+    canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(net), np.zeros(3, int), np.array((4, 4, 4))
+    engine.blend_prior(canvas, prior, 0.4)
+    kept = canvas.mask_full()[:, 0, 0]
+    assert kept.tolist() == [True, False, False, True]
