@@ -20,6 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
+import cc3d
 import numpy as np
 import torch
 from scipy import ndimage
@@ -224,6 +225,9 @@ def confine_to_click(canvas: ClassCanvas, view: ClassView, spacing) -> None:
     round); the organisers' click only says where the largest error is. Only for a class with a
     box: without one the clicks are all there is of the object, and a click on a missed vessel
     branch must be free to add the branch (valset no-box DSC_AUC 2.061 confined, 2.300 free).
+    For the same reason a fg click keeps what the network added in one piece with the ball
+    (grown_from): a missed rib or lobe runs beyond it (valset box DSC_AUC 2.631 -> 2.650,
+    thin 0.207 -> 0.222); a bg click's removals stay in the ball, as shrinking is the drift.
     """
     click = view.prompts.newest_click[0]
     prev = view.prev_mask()
@@ -231,8 +235,18 @@ def confine_to_click(canvas: ClassCanvas, view: ClassView, spacing) -> None:
     coords = [(np.arange(lo, hi) - c) * s for lo, hi, c, s in zip(canvas.lo, canvas.hi, click, spacing)]
     dist = np.sqrt(coords[0][:, None, None] ** 2 + coords[1][None, :, None] ** 2 + coords[2][None, None, :] ** 2)
     weight = torch.from_numpy(np.clip((radius + CONFINE_SLACK_MM - dist) / CONFINE_SLACK_MM, 0, 1).astype(np.float32))
+    if view.prompts.newest_click[1]:
+        weight = torch.maximum(weight, torch.from_numpy(grown_from(canvas, prev, weight.numpy() > 0)))
     kept = torch.from_numpy(prev[canvas.region()].astype(np.float32))
     canvas.probs = weight * canvas.probs + (1 - weight) * kept
+
+
+def grown_from(canvas: ClassCanvas, prev: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """1 on the network's additions to the previous mask that are connected to the click's ball."""
+    added = (canvas.probs > 0.5).numpy() & ~prev[canvas.region()]
+    pieces = cc3d.connected_components(added.astype(np.uint8), connectivity=26)
+    touching = np.unique(pieces[ball & added])
+    return np.isin(pieces, touching[touching > 0]).astype(np.float32)
 
 
 def blend_prior(canvas: ClassCanvas, prior: np.ndarray, weight: float) -> None:

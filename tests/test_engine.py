@@ -331,15 +331,21 @@ def test_click_confinement_changes_the_mask_only_near_the_click():
     prev_pred[5:15, 5:15, 5:15] = 1
     click = (10, 10, 17)  # 3 voxels outside the cube's x face: error radius 3 mm
     assert engine.error_radius_mm(prev_pred == 1, click, (1.0, 1.0, 1.0)) == 3.0
-    prompts = ClassPrompts(None, [click], [], ["fg"])
-    view = engine.ClassView(1, prompts, None, (slice(5, 15),) * 3, prev_pred)
-    canvas = engine.ClassCanvas(prev_pred.shape)
-    canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
-    canvas.probs = torch.ones(30, 30, 30)  # the network wants everything
-    engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
-    assert canvas.probs[10, 10, 17] == 1 and canvas.probs[10, 10, 25] == 1  # within 2 x 3 + 3 mm
-    assert canvas.probs[29, 29, 29] == 0 and canvas.probs[0, 0, 0] == 0  # far away: the previous mask
-    assert canvas.probs[6, 6, 6] == 1  # inside the previous mask it stays
+    net = (prev_pred == 1).astype(np.float32)
+    net[8:12, 8:12, 15:30] = 1  # a missed part from the cube past the click to the far face
+    net[25:28, 25:28, 25:28] = 1  # a blob far away, not connected
+    net[5:7, 5:7, 5:7] = 0  # the far corner of the cube dropped
+    for kind in ("fg", "bg"):
+        prompts = ClassPrompts(None, [click] if kind == "fg" else [], [click] if kind == "bg" else [], [kind])
+        view = engine.ClassView(1, prompts, None, (slice(5, 15),) * 3, prev_pred)
+        canvas = engine.ClassCanvas(prev_pred.shape)
+        canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
+        canvas.probs = torch.from_numpy(net.copy())
+        engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
+        assert canvas.probs[10, 10, 17] == 1 and canvas.probs[10, 10, 25] == 1  # within 2 x 3 + 3 mm
+        assert canvas.probs[10, 10, 29] == float(kind == "fg")  # one piece with the ball: kept for a fg click
+        assert canvas.probs[26, 26, 26] == 0  # a separate addition far away: the previous mask
+        assert canvas.probs[5, 5, 5] == 1  # a removal far away: the previous mask
 
 
 def test_intensity_box_finds_a_bright_blob_and_refuses_a_flood():
