@@ -233,3 +233,14 @@ def test_training_rounds_are_the_engines_predictions():
         (fg if click[1] else bg).append(click[0])
         order.append("fg" if click[1] else "bg")
         prev = mask
+
+
+def test_look_weights_shift_the_procedural_mix():
+    assert np.allclose(synth.look_weights(""), 1 / len(synth.LOOKS))
+    w = synth.look_weights("ct=3,microscopy=0")
+    assert w[synth.LOOKS.index("ct")] == 3 * w[synth.LOOKS.index("mr")] and w[synth.LOOKS.index("microscopy")] == 0
+    rng = np.random.default_rng(0)
+    draws = [synth.draw_look(rng, "ct=3") for _ in range(700)]
+    assert 0.35 < draws.count("ct") / len(draws) < 0.5  # 3/7 expected
+    with pytest.raises(ValueError, match="unknown look"):
+        synth.look_weights("xray=2")

@@ -65,6 +65,7 @@ class TrainConfig:
     data_weights: str = ""          # sampling weights, e.g. "CT=2,Microscopy=0.5" (training.data.parse_weights)
     data_workers: int = 0           # DataLoader workers reading --data ahead of the step
     synth_fraction: float = 0.85    # share of procedural samples (the bundled data holds two small cases)
+    synth_looks: str = ""           # procedural look weights, e.g. "ct=3" (others 1; training.synth.look_weights)
     parcel_fraction: float = 0.3    # share of data samples relabelled by rule into touching parcels
     val_data: str = ""              # a folder of labelled files: the official loop on it every eval, best kept
     local_fraction: float = 0.3     # share of local-window samples in a global run (one net, both views)
@@ -100,7 +101,7 @@ class CasePool:
             return synth.parcellate(rng, case) if rng.random() < cfg.parcel_fraction else case
         if len(self.cases) == self.size and rng.random() < self.reuse:
             return self.cases[int(rng.integers(self.size))]
-        case = synth.generate(rng)
+        case = synth.generate(rng, synth.draw_look(rng, cfg.synth_looks) if cfg.synth_looks else None)
         self.cases = (self.cases + [case])[-self.size:]
         return case
 
