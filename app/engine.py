@@ -421,7 +421,7 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and autobox_suits(case.name)
     click_guard = os.environ.get("SEGFM_CLICK_GUARD", "1") == "1"
     confine = os.environ.get("SEGFM_CONFINE", "1") == "1"
-    prior_weight = float(os.environ.get("SEGFM_PRIOR_WEIGHT", PRIOR_WEIGHT))
+    prior_weight = env_fraction("SEGFM_PRIOR_WEIGHT", PRIOR_WEIGHT)
     segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock,
                                autobox=autobox, click_guard=click_guard, confine=confine, prior_weight=prior_weight)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
@@ -441,6 +441,19 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
         slowest = max(slowest, seconds)
         log(f"{case.name}: class {view.label} {'+'.join(steps) or 'nothing to go on'} {clock() - now:.2f}s")
     return fallback_labels(case, current(), done)
+
+
+def env_fraction(name: str, default: float) -> float:
+    """A number in [0, 1] from the environment; a bad value is reported and the default used."""
+    text = os.environ.get(name)
+    try:
+        value = default if text is None else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        log(f"{name}={text!r} is not a number in [0, 1]: using {default}")
+        return default
+    return value
 
 
 def log(message: str) -> None:

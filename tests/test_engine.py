@@ -411,3 +411,12 @@ def test_round_zero_blends_the_prior_so_the_network_must_be_sure_to_overrule_it(
     engine.blend_prior(canvas, prior, 0.4)
     kept = canvas.mask_full()[:, 0, 0]
     assert kept.tolist() == [True, False, False, True]
+
+
+def test_a_bad_prior_weight_in_the_environment_falls_back_to_the_default(monkeypatch, capsys):
+    monkeypatch.setenv("SEGFM_PRIOR_WEIGHT", "0.25")
+    assert engine.env_fraction("SEGFM_PRIOR_WEIGHT", 0.4) == 0.25
+    for bad in ("abc", "1.5", "nan"):
+        monkeypatch.setenv("SEGFM_PRIOR_WEIGHT", bad)
+        assert engine.env_fraction("SEGFM_PRIOR_WEIGHT", 0.4) == 0.4
+        assert "SEGFM_PRIOR_WEIGHT" in capsys.readouterr().err
