@@ -94,6 +94,16 @@ def test_truncated_cases_end_inside_an_object():
         assert cut.labels.max() == len(np.unique(cut.labels)) - 1
 
 
+def test_a_cut_that_leaves_only_slivers_keeps_the_whole_case():
+    """A label cut below the clickable size is dropped; a cut leaving no label must not be used
+    (a training run died on such a case: no label to draw)."""
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[:, 5, 5] = 1  # 20 voxels: any cut leaves fewer than _relabel keeps
+    case = synth.SynthCase(np.zeros_like(labels), labels, np.ones(3), "ct", False)
+    for seed in range(10):
+        assert synth.truncate(np.random.default_rng(seed), case).labels.max() == 1
+
+
 def test_clicks_land_on_the_error_with_the_right_sign():
     rng = np.random.default_rng(0)
     truth = np.zeros((20, 20, 20), bool)

@@ -430,10 +430,10 @@ def truncate(rng: np.random.Generator, case: SynthCase) -> SynthCase:
             window[axis] = slice(lo[axis] + cut, None)
         else:
             window[axis] = slice(0, hi[axis] - cut + 1)
-    labels = case.labels[tuple(window)]
+    labels = _relabel(case.labels[tuple(window)])  # before the check: it drops labels cut to a sliver
     if labels.max() == 0 or min(labels.shape) < 8:
         return case
-    return SynthCase(np.ascontiguousarray(case.image[tuple(window)]), _relabel(labels), case.spacing, case.look, False)
+    return SynthCase(np.ascontiguousarray(case.image[tuple(window)]), labels, case.spacing, case.look, False)
 
 
 def parcellate(rng: np.random.Generator, case: SynthCase) -> SynthCase:
