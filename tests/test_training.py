@@ -246,11 +246,12 @@ def test_training_rounds_are_the_engines_predictions():
 
 
 def test_look_weights_shift_the_procedural_mix():
-    assert np.allclose(synth.look_weights(""), 1 / len(synth.LOOKS))
-    w = synth.look_weights("ct=3,microscopy=0")
+    assert np.allclose(train.look_probabilities(""), 1 / len(synth.LOOKS))
+    w = train.look_probabilities("ct=3,microscopy=0")
     assert w[synth.LOOKS.index("ct")] == 3 * w[synth.LOOKS.index("mr")] and w[synth.LOOKS.index("microscopy")] == 0
     rng = np.random.default_rng(0)
-    draws = [synth.draw_look(rng, "ct=3") for _ in range(700)]
+    p = train.CasePool(looks="ct=3").look_p
+    draws = [synth.LOOKS[int(rng.choice(len(synth.LOOKS), p=p))] for _ in range(700)]
     assert 0.35 < draws.count("ct") / len(draws) < 0.5  # 3/7 expected
     with pytest.raises(ValueError, match="unknown look"):
-        synth.look_weights("xray=2")
+        train.look_probabilities("xray=2")

@@ -364,25 +364,6 @@ def render(rng, labels, body, spacing, look: str, may_share: bool = True, means=
     return (img * 255.0 + 0.5).astype(np.uint8)
 
 
-def look_weights(text: str) -> np.ndarray:
-    """'ct=3,us=0.5' -> sampling probabilities over LOOKS (unnamed looks weigh 1)."""
-    weights = dict.fromkeys(LOOKS, 1.0)
-    for item in text.split(","):
-        if item.strip():
-            look, _, value = item.partition("=")
-            if look.strip() not in weights:
-                raise ValueError(f"unknown look {look.strip()!r} in {text!r}; looks are {LOOKS}")
-            weights[look.strip()] = float(value)
-    w = np.array([weights[k] for k in LOOKS])
-    if w.min() < 0 or w.sum() <= 0:
-        raise ValueError(f"look weights must be >= 0 and not all 0: {text!r}")
-    return w / w.sum()
-
-
-def draw_look(rng: np.random.Generator, text: str) -> str:
-    return LOOKS[int(rng.choice(len(LOOKS), p=look_weights(text)))]
-
-
 def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
     """One labelled case; the scene follows the look as in the challenge (cells in microscopy, ...)."""
     look = look or LOOKS[int(rng.integers(len(LOOKS)))]

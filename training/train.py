@@ -42,7 +42,7 @@ from app.roi import crop, prompt_bounds, roi_around, to_patch, window_at
 from harness import loop as harness_loop
 from harness.official import error_click
 from training import synth
-from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, resume_start
+from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, parse_weights, resume_start
 from training.interaction import jittered_box, perturbed_mask, sampled_click
 
 
@@ -65,7 +65,7 @@ class TrainConfig:
     data_weights: str = ""          # sampling weights, e.g. "CT=2,Microscopy=0.5" (training.data.parse_weights)
     data_workers: int = 0           # DataLoader workers reading --data ahead of the step
     synth_fraction: float = 0.85    # share of procedural samples (the bundled data holds two small cases)
-    synth_looks: str = ""           # procedural look weights, e.g. "ct=3" (others 1; training.synth.look_weights)
+    synth_looks: str = ""           # procedural look weights, e.g. "ct=3" (others 1; look_probabilities)
     parcel_fraction: float = 0.3    # share of data samples relabelled by rule into touching parcels
     val_data: str = ""              # a folder of labelled files: the official loop on it every eval, best kept
     local_fraction: float = 0.3     # share of local-window samples in a global run (one net, both views)
@@ -92,8 +92,9 @@ class CasePool:
     of the step while the pool still turns over every few steps.
     """
 
-    def __init__(self, size: int = 16, reuse: float = 0.6):
+    def __init__(self, size: int = 16, reuse: float = 0.6, looks: str = ""):
         self.size, self.reuse, self.cases = size, reuse, []
+        self.look_p = look_probabilities(looks) if looks else None
 
     def draw(self, rng: np.random.Generator, cfg: TrainConfig, stream):
         if stream is not None and rng.random() >= cfg.synth_fraction:
@@ -101,9 +102,24 @@ class CasePool:
             return synth.parcellate(rng, case) if rng.random() < cfg.parcel_fraction else case
         if len(self.cases) == self.size and rng.random() < self.reuse:
             return self.cases[int(rng.integers(self.size))]
-        case = synth.generate(rng, synth.draw_look(rng, cfg.synth_looks) if cfg.synth_looks else None)
+        look = None if self.look_p is None else synth.LOOKS[int(rng.choice(len(synth.LOOKS), p=self.look_p))]
+        case = synth.generate(rng, look)
         self.cases = (self.cases + [case])[-self.size:]
         return case
+
+
+def look_probabilities(text: str) -> np.ndarray:
+    """'ct=3,us=0.5' (training.data.parse_weights) -> sampling probabilities over synth.LOOKS
+    (unnamed looks weigh 1)."""
+    weights = dict.fromkeys(synth.LOOKS, 1.0)
+    for look, value in parse_weights(text).items():
+        if look not in weights:
+            raise ValueError(f"unknown look {look!r} in {text!r}; looks are {synth.LOOKS}")
+        weights[look] = value
+    w = np.array(list(weights.values()))
+    if w.min() < 0 or w.sum() <= 0:
+        raise ValueError(f"look weights must be >= 0 and not all 0: {text!r}")
+    return w / w.sum()
 
 
 def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
@@ -324,7 +340,7 @@ def main(cfg: TrainConfig) -> None:
     if not cfg.smoke or cfg.data:
         data = labelled_data(cfg, rank, distributed)
         stream = data.stream(cfg.seed, rank, resume_start(ckpt.get("data") if ckpt else None, rank), cfg.data_workers)
-    pool = CasePool()
+    pool = CasePool(looks=cfg.synth_looks)
     start = last_ckpt = last_eval = time.time()
     seen, loss_sum, tick, best = 0, 0.0, time.time(), -1.0
     history = out / "history.jsonl"
