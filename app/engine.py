@@ -107,6 +107,10 @@ class ClassView:
         mask[self.prev_region] = self.prev_pred[self.prev_region] == self.label
         return mask
 
+    def prev_mask_on(self, window: tuple[slice, ...]) -> np.ndarray | None:
+        """The previous mask on an image window, without building the full volume."""
+        return self.prev_pred[window] == self.label if self.has_prev else None
+
     def bounds(self):
         """Inclusive (lo, hi) of box, positive clicks and previous mask; None when nothing is known."""
         parts = [b for b in (prompt_bounds(self.box, self.prompts.fg), self._prev_bounds()) if b is not None]
@@ -235,15 +239,16 @@ def confine_to_click(canvas: ClassCanvas, view: ClassView, spacing) -> None:
     coords = [(np.arange(lo, hi) - c) * s for lo, hi, c, s in zip(canvas.lo, canvas.hi, click, spacing)]
     dist = np.sqrt(coords[0][:, None, None] ** 2 + coords[1][None, :, None] ** 2 + coords[2][None, None, :] ** 2)
     weight = torch.from_numpy(np.clip((radius + CONFINE_SLACK_MM - dist) / CONFINE_SLACK_MM, 0, 1).astype(np.float32))
+    old = prev[canvas.region()]
     if view.prompts.newest_click[1]:
-        weight = torch.maximum(weight, torch.from_numpy(grown_from(canvas, prev, weight.numpy() > 0)))
-    kept = torch.from_numpy(prev[canvas.region()].astype(np.float32))
-    canvas.probs = weight * canvas.probs + (1 - weight) * kept
+        weight = torch.maximum(weight, torch.from_numpy(grown_from(canvas, old, weight.numpy() > 0)))
+    canvas.probs = weight * canvas.probs + (1 - weight) * torch.from_numpy(old.astype(np.float32))
 
 
-def grown_from(canvas: ClassCanvas, prev: np.ndarray, ball: np.ndarray) -> np.ndarray:
-    """1 on the network's additions to the previous mask that are connected to the click's ball."""
-    added = (canvas.probs > 0.5).numpy() & ~prev[canvas.region()]
+def grown_from(canvas: ClassCanvas, old: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """1 on the network's additions to the previous mask (`old`, on the canvas region) that are
+    connected to the click's ball."""
+    added = (canvas.probs > 0.5).numpy() & ~old
     pieces = cc3d.connected_components(added.astype(np.uint8), connectivity=26)
     touching = np.unique(pieces[ball & added])
     return np.isin(pieces, touching[touching > 0]).astype(np.float32)
@@ -251,13 +256,13 @@ def grown_from(canvas: ClassCanvas, prev: np.ndarray, ball: np.ndarray) -> np.nd
 
 def blend_prior(canvas: ClassCanvas, prior: np.ndarray, weight: float) -> None:
     """Round 0 of a boxed class: the network's probabilities averaged with its input, the box
-    prior (app.prior). With weight 0.4 the network must be sure (p < 0.17) to drop a prior voxel
-    and surer (p > 0.83) to add one. Why: the network still degrades the prior on real CT trunks
-    (valset, shipped weights: lungs 0.58 / 0.34 from priors of 0.77 / 0.68); a mean of two
-    estimators that err differently is safer than either. Valset, box DSC it0 on organs 0.717 ->
-    0.748, box DSC_AUC 2.589 -> 2.631 (a single weight tried, chosen on that set)."""
-    kept = torch.from_numpy(prior[canvas.region()].astype(np.float32))
-    canvas.probs = (1 - weight) * canvas.probs + weight * kept
+    prior (app.prior; `prior` is its mask on the canvas region). With weight 0.4 the network
+    must be sure (p < 0.17) to drop a prior voxel and surer (p > 0.83) to add one. Why: the
+    network still degrades the prior on real CT trunks (valset, shipped weights: lungs 0.58 /
+    0.34 from priors of 0.77 / 0.68); a mean of two estimators that err differently is safer
+    than either. Valset, box DSC it0 on organs 0.717 -> 0.748, box DSC_AUC 2.589 -> 2.631 (a
+    single weight tried, chosen on that set)."""
+    canvas.probs = (1 - weight) * canvas.probs + weight * torch.from_numpy(prior.astype(np.float32))
 
 
 def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
@@ -291,7 +296,7 @@ class ClassSegmenter:
         view = self.prepare(view)
         canvas, roi, steps = self.global_pass(view)
         if from_prior and view.has_prev and self.prior_weight and canvas.probs.numel():
-            blend_prior(canvas, view.prev_mask(), self.prior_weight)
+            blend_prior(canvas, view.prev_mask_on(canvas.region()), self.prior_weight)
             steps = (*steps, "prior")
         newest = view.prompts.newest_click
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
@@ -331,10 +336,9 @@ class ClassSegmenter:
         probs = canvas.window(window)
         local = tuple(p - w.start for p, w in zip(point, window))
         followed = bool(probs[local] > 0.5) == is_fg
-        prev = view.prev_mask()
-        if followed and prev is None:
+        if followed and not view.has_prev:
             return False
-        before = prev[window] if followed else (probs > 0.5).numpy()
+        before = view.prev_mask_on(window) if followed else (probs > 0.5).numpy()
         labels = before.astype(np.uint8)
         correct(labels, self.image.numpy()[window], 1, local, is_fg)
         changed = torch.from_numpy(labels.astype(bool) != before)

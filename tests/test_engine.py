@@ -408,7 +408,7 @@ def test_round_zero_blends_the_prior_so_the_network_must_be_sure_to_overrule_it(
     prior[:2] = True
     net[0], net[1], net[2], net[3] = 0.3, 0.1, 0.7, 0.9  # unsure / sure off the prior; unsure / sure beyond it
     canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(net), np.zeros(3, int), np.array((4, 4, 4))
-    engine.blend_prior(canvas, prior, 0.4)
+    engine.blend_prior(canvas, prior[canvas.region()], 0.4)
     kept = canvas.mask_full()[:, 0, 0]
     assert kept.tolist() == [True, False, False, True]
 
