@@ -139,6 +139,7 @@ def test_two_node_run_resumes_on_one_process(two_node_run):
     assert last["data"] == [{"seed": 0, "next": 4 * SAMPLES_PER_STEP}]  # rank 0's stream went on, not restarted
     model = build_unet(last["model_config"])
     model.load_state_dict(last["model"])
+    assert all(torch.isfinite(v).all() for v in [*first["model"].values(), *last["model"].values()])
     assert any(not torch.equal(a, b) for a, b in zip(first["model"].values(), last["model"].values()))
 
 

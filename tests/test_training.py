@@ -148,6 +148,36 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     assert losses[-1] < losses[0]
 
 
+def test_cpu_bf16_is_refused_where_the_deepest_map_is_two_voxels(monkeypatch):
+    """torch 2.13's bf16 conv3d weight gradient on CPU is garbage on 2-voxel-deep maps: the
+    smoke run's 16^3 patch trains in fp32 even on a native-bf16 CPU, the real 48^3 one in bf16."""
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    model = build_unet()
+    assert not train.use_bf16(train.TrainConfig(patch=16), model)
+    assert train.use_bf16(train.TrainConfig(patch=48), model)
+    assert train.use_bf16(train.TrainConfig(patch=16, precision="bf16"), model)  # asked for, given
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    assert not train.use_bf16(train.TrainConfig(patch=48), model)
+
+
+def test_a_non_finite_gradient_skips_its_update(tmp_path, monkeypatch, capsys):
+    """One bad batch (here: a NaN loss at step 2) costs its own update, not every weight."""
+    calls = []
+
+    def nan_at_second_step(logits, target):
+        calls.append(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train, "dice_bce", nan_at_second_step)
+    out = tmp_path / "run"
+    train.main(train.parse_args(["--smoke", "--threads", "1", "--max-steps", "3", "--val-cases", "1",
+                                 "--eval-minutes", "1000", "--out-dir", str(out), "--export", str(out / "e.pt")]))
+    assert "step 2: non-finite gradient norm, update skipped (1 so far)" in capsys.readouterr().out
+    state = torch.load(out / "ckpt.pt", weights_only=False)
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
 def _run(args, env=None, timeout=600):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
