@@ -31,7 +31,7 @@ from app.experts import Expert, load_experts
 from app.fallback import fallback_labels
 from app.io import Box, Case, ClassPrompts
 from app.postprocess import StreamingFusion
-from app.prior import box_prior
+from app.prior import box_prior, grey_levels, intensity_llr
 from app.roi import Roi, prompt_bounds, window_at
 from app.state import RunState
 
@@ -39,6 +39,7 @@ MAX_REGROW = 2          # extra global passes when the object runs out of its Ro
 BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam
 TIME_SAFETY = 1.5       # a class starts only if 1.5 x the slowest class so far fits
 PRIOR_WEIGHT = 0.4      # round 0: p = 0.6 x network + 0.4 x box prior (blend_prior)
+CT_INTENSITY = 4.0      # round 0 on CT: log-odds + 4 x the mask's own intensity model (fuse_intensity)
 CONFINE_FACTOR = 2.0    # a click may change the previous mask within 2 x its error radius
 CONFINE_SLACK_MM = 3.0  # ... plus this, with a soft edge of the same width
 CONFINE_REACH_MM = 60.0
@@ -51,6 +52,11 @@ NO_AUTOBOX_PREFIXES = ("Microscopy", "US")
 
 def autobox_suits(name: str) -> bool:
     return not name.startswith(NO_AUTOBOX_PREFIXES)
+
+
+def intensity_strength(name: str) -> float:
+    """fuse_intensity's strength for a case: CT only."""
+    return CT_INTENSITY if name.startswith("CT_") else 0.0
 
 
 @dataclass
@@ -66,6 +72,7 @@ class ClassView:
     box: tuple[np.ndarray, np.ndarray] | None
     prev_region: tuple[slice, slice, slice] | None = None  # where the class is in prev_pred; None: absent
     prev_pred: np.ndarray | None = None
+    holds_a_box: bool = False  # its box holds another class's box (a body around bones, a lung around a lesion)
 
     @classmethod
     def single(cls, box: Box | None, fg, bg, order, prev: np.ndarray | None) -> ClassView:
@@ -132,12 +139,20 @@ class ClassView:
 
 def class_views(case: Case) -> list[ClassView]:
     regions = [] if case.prev_pred is None else ndimage.find_objects(case.prev_pred, max_label=case.num_classes)
+    boxes = [None if p.box is None else p.box.bounds() for p in case.prompts]
     views = []
-    for c, prompts in enumerate(case.prompts):
-        box = None if prompts.box is None else prompts.box.bounds()
+    for c, (prompts, box) in enumerate(zip(case.prompts, boxes)):
         region = regions[c] if c < len(regions) else None
-        views.append(ClassView(c + 1, prompts, box, region, case.prev_pred))
+        holds = box is not None and any(other is not None and c != o and holds_box(box, other)
+                                        for o, other in enumerate(boxes))
+        views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds))
     return views
+
+
+def holds_box(outer: tuple[np.ndarray, np.ndarray], inner: tuple[np.ndarray, np.ndarray]) -> bool:
+    """The inclusive corners `inner` lie within `outer`, and the two differ."""
+    inside = (outer[0] <= inner[0]).all() and (inner[1] <= outer[1]).all()
+    return bool(inside) and not (np.array_equal(outer[0], inner[0]) and np.array_equal(outer[1], inner[1]))
 
 
 def schedule(views: list[ClassView]) -> list[ClassView]:
@@ -265,6 +280,30 @@ def blend_prior(canvas: ClassCanvas, prior: np.ndarray, weight: float) -> None:
     canvas.probs = (1 - weight) * canvas.probs + weight * torch.from_numpy(prior.astype(np.float32))
 
 
+def fuse_intensity(canvas: ClassCanvas, image: np.ndarray, spacing, strength: float, holds_a_box: bool) -> None:
+    """Round 0 of a boxed CT class: the network's log-odds plus `strength` x the weighted log
+    likelihood ratio of an intensity model fitted on its own mask against the rest of the
+    canvas (app.prior.intensity_llr), i.e. one EM-like refit.
+
+    Why CT only: Hounsfield units mean one tissue everywhere, so mask voxels of an intensity
+    far more typical of the surroundings are errors (heart in a lung, air in a body), and
+    missed voxels of the object's intensity are misses; in MR, PET and US intensity is relative
+    and lesions are more than intensity (there it cost 0.03 to 0.06 DSC, unfused). A class whose
+    box holds another's only loses confidence inside its mask: a body's or a lung's model would
+    otherwise claim the bones or the lesion inside it (fused DSC 0.00 for the bones).
+    """
+    probs = canvas.probs.numpy()
+    mask = probs > 0.5
+    if not mask.any() or mask.all():
+        return
+    spacing = np.asarray(spacing, float)
+    weight, llr = intensity_llr(grey_levels(image[canvas.region()]), mask, ~mask, spacing.min() / spacing)
+    if holds_a_box:
+        llr = np.where(mask, np.minimum(llr, 0.0), llr)
+    logits = np.log(np.clip(probs, 1e-4, 1.0) / np.clip(1.0 - probs, 1e-4, 1.0))
+    canvas.probs = torch.sigmoid(torch.from_numpy(logits + strength * weight * llr))
+
+
 def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
     """1 inside, falling linearly to ~0 at the window faces: the local paste's blend weight."""
     ramps = [torch.clamp(torch.minimum(torch.arange(n) + 1, n - torch.arange(n)).float() / width, 0, 1) for n in size]
@@ -280,9 +319,9 @@ class ClassSegmenter:
 
     def __init__(self, image: np.ndarray, spacing, global_expert: Expert, local_expert: Expert | None,
                  clock=time.monotonic, autobox: bool = True, click_guard: bool = True, confine: bool = True,
-                 prior_weight: float = PRIOR_WEIGHT):
+                 prior_weight: float = PRIOR_WEIGHT, ct_intensity: float = 0.0):
         self.clock, self.autobox, self.click_guard, self.confine = clock, autobox, click_guard, confine
-        self.prior_weight = prior_weight
+        self.prior_weight, self.ct_intensity = prior_weight, ct_intensity
         self.image = torch.from_numpy(image)
         self.spacing = spacing
         self.shape = image.shape
@@ -298,6 +337,9 @@ class ClassSegmenter:
         if from_prior and view.has_prev and self.prior_weight and canvas.probs.numel():
             blend_prior(canvas, view.prev_mask_on(canvas.region()), self.prior_weight)
             steps = (*steps, "prior")
+        if from_prior and self.ct_intensity and canvas.probs.numel():
+            fuse_intensity(canvas, self.image.numpy(), self.spacing, self.ct_intensity, view.holds_a_box)
+            steps = (*steps, "intensity")
         newest = view.prompts.newest_click
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
             self.local_pass(canvas, view, newest[0])
@@ -426,8 +468,10 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     click_guard = os.environ.get("SEGFM_CLICK_GUARD", "1") == "1"
     confine = os.environ.get("SEGFM_CONFINE", "1") == "1"
     prior_weight = env_fraction("SEGFM_PRIOR_WEIGHT", PRIOR_WEIGHT)
+    ct_intensity = intensity_strength(case.name) if os.environ.get("SEGFM_CT_INTENSITY", "1") == "1" else 0.0
     segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock,
-                               autobox=autobox, click_guard=click_guard, confine=confine, prior_weight=prior_weight)
+                               autobox=autobox, click_guard=click_guard, confine=confine, prior_weight=prior_weight,
+                               ct_intensity=ct_intensity)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class so far: what a class is sure to need
     todo = schedule(views)

@@ -70,10 +70,24 @@ def histogram(levels: np.ndarray) -> np.ndarray:
     return counts / counts.sum()
 
 
+def grey_levels(image: np.ndarray) -> np.ndarray:
+    return (image // (256 // BINS)).astype(np.uint8)
+
+
+def intensity_llr(levels: np.ndarray, fg: np.ndarray, bg: np.ndarray, sigma) -> tuple[float, np.ndarray]:
+    """The intensity model of fg against bg: its weight (the histograms' total variation, how
+    much intensity can be trusted) and the smoothed log likelihood ratio at every voxel."""
+    pf, pb = histogram(levels[fg]), histogram(levels[bg])
+    weight = float(0.5 * np.abs(pf - pb).sum())
+    # symmetric clipping keeps the zero crossing in place when smoothing
+    llr = ndimage.gaussian_filter(np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP).astype(np.float32)[levels], sigma)
+    return weight, llr
+
+
 def box_score(image: np.ndarray, box, spacing) -> tuple[tuple[slice, ...], np.ndarray]:
     """Shape log-odds plus intensity log-likelihood ratio in the box RoI; <= 0 off the object."""
     window, radius, in_z = box_geometry(image.shape, box)
-    levels = (image[window] // (256 // BINS)).astype(np.uint8)
+    levels = grey_levels(image[window])
     # capped inside, so that clear intensity evidence can carve the ellipse (its caps overshoot)
     prior = np.where(in_z, np.minimum(PRIOR_SLOPE * (1.0 - radius), PRIOR_CAP), -np.inf)
     z_mid = box.z_mid - window[0].start
@@ -87,10 +101,7 @@ def box_score(image: np.ndarray, box, spacing) -> tuple[tuple[slice, ...], np.nd
     bg = ~in_z | ~in_box[None]
     mask = fg
     for _ in range(REFITS + 1):
-        pf, pb = histogram(levels[fg]), histogram(levels[bg])
-        weight = float(0.5 * np.abs(pf - pb).sum())  # total variation: how much intensity can be trusted
-        # symmetric clipping keeps the zero crossing in place when smoothing
-        llr = ndimage.gaussian_filter(np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP).astype(np.float32)[levels], sigma)
+        weight, llr = intensity_llr(levels, fg, bg, sigma)
         score = prior + weight * llr
         mask = keep_core(score > 0, in_z & (radius < CORE))
         if not mask.any():

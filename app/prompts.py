@@ -13,17 +13,34 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from app.roi import Roi, crop, to_patch
+from app.roi import Roi, crop, crop_image, to_patch
 
 CHANNELS = ("image", "box", "fg", "bg", "prev")
 CLICK_RADIUS_MM = 3.0
 CLICK_RADIUS_PATCH = 2.0
 
 
-def normalise(patch: torch.Tensor) -> torch.Tensor:
-    """Per-patch z-score: the same look for every modality's 0..255 window."""
+def normalise(patch: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-patch z-score: the same look for every modality's 0..255 window.
+
+    `inside` (the fraction of each patch voxel that holds image content) weights the
+    statistics, so that the zeros padding a RoI beyond the field of view do not set them."""
     patch = patch.float()
-    return ((patch - patch.mean()) / (patch.std() + 1e-3)).clamp_(-5.0, 5.0)
+    if inside is None:
+        mean, std = patch.mean(), patch.std()
+    else:
+        total = inside.sum().clamp_min(1.0)
+        mean = (patch * inside).sum() / total
+        std = (((patch - mean) ** 2 * inside).sum() / total).sqrt()
+    return ((patch - mean) / (std + 1e-3)).clamp_(-5.0, 5.0)
+
+
+def in_plane_fraction(roi: Roi, shape) -> torch.Tensor:
+    """On the patch grid: the fraction of each voxel's footprint inside the in-plane field of
+    view (beyond the z ends app.roi.crop_image repeats slices, which is content)."""
+    inside = torch.zeros(roi.size)
+    inside[(slice(None), *roi.image_slices(tuple(shape))[1][1:])] = 1.0
+    return to_patch(inside[None], roi)[0]
 
 
 def box_channel(roi: Roi, lo, hi) -> torch.Tensor:
@@ -55,7 +72,9 @@ def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev:
     whole image (D, H, W), or already on the RoI's crop grid with prev_on_crop (no
     full-volume copy for a local window).
     """
-    channels = [normalise(to_patch(crop(image[None], roi).float(), roi)[0])]  # crop first: the volume may be large
+    inside = in_plane_fraction(roi, image.shape)
+    crop_ = crop_image(image, roi).float()  # crop first: the volume may be large
+    channels = [normalise(to_patch(crop_[None], roi)[0], inside)]
     channels.append(box_channel(roi, *box) if box is not None else torch.zeros(roi.patch))
     channels.append(click_channel(roi, fg, spacing))
     channels.append(click_channel(roi, bg, spacing))

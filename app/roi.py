@@ -82,6 +82,18 @@ def crop(volume: torch.Tensor, roi: Roi) -> torch.Tensor:
     return out
 
 
+def crop_image(image: torch.Tensor, roi: Roi) -> torch.Tensor:
+    """The (*roi.size) crop of a (D, H, W) image as the network sees it: beyond the first or
+    last slice the edge slice repeats, because a scan's z ends cut through anatomy (a chest
+    CT of 15 slices in a 64-slice patch was 77 % zeros, and the network took its lungs for
+    tissue: valset DSC 0.04 / 0.12 unfused, 0.79 / 0.67 with repeated slices); beyond the
+    in-plane field of view zeros, which is air there."""
+    z = torch.arange(roi.start[0], roi.start[0] + roi.size[0]).clamp_(0, image.shape[0] - 1)
+    lo, hi = int(z[0]), int(z[-1]) + 1
+    in_plane = Roi((0, *roi.start[1:]), (hi - lo, *roi.size[1:]), roi.patch)
+    return crop(image[lo:hi], in_plane)[z - lo]
+
+
 def to_patch(crop_: torch.Tensor, roi: Roi) -> torch.Tensor:
     """Resample a (C, *size) crop to (C, *patch): area averaging (anti-aliased) when zoomed."""
     if not roi.zoomed:

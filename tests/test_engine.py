@@ -14,7 +14,7 @@ from app.experts import Expert
 from app.io import Box, Case, ClassPrompts
 from app.postprocess import StreamingFusion
 from app.prompts import box_channel, click_channel, encode
-from app.roi import Roi, crop, from_patch, prompt_bounds, roi_around, to_patch, window_at, zoom_factors
+from app.roi import Roi, crop, crop_image, from_patch, prompt_bounds, roi_around, to_patch, window_at, zoom_factors
 from app.state import RunState
 
 
@@ -70,6 +70,21 @@ def test_encode_channels_and_absent_prompts_are_zero():
     prev[2:4, 2:4, 2:4] = True
     x = encode(image, roi, (1, 1, 1), box=((1, 1, 1), (2, 2, 2)), fg=[(5, 5, 5)], bg=[(6, 6, 6)], prev=prev)
     assert x[1].sum() == 8 and x[2, 5, 5, 5] == 1 and x[3, 6, 6, 6] == 1 and x[4].sum() == 8
+
+
+def test_a_thin_slab_is_normalised_on_its_content_not_on_the_padding():
+    """15 slices in a 48-slice patch: repeated edge slices beyond z, zeros (air) beyond the
+    in-plane field of view, and the z-score over what the image holds."""
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(100, 200, (15, 40, 40)).astype(np.uint8))
+    roi = Roi((-16, -4, 0), (48, 48, 40), (48, 48, 40))
+    cropped = crop_image(image, roi)
+    assert torch.equal(cropped[:16, 4:44], image[0].expand(16, 40, 40))
+    assert torch.equal(cropped[16:31, 4:44], image) and torch.equal(cropped[31:, 4:44], image[-1].expand(17, 40, 40))
+    assert torch.all(cropped[:, :4] == 0) and torch.all(cropped[:, 44:] == 0)
+    x = encode(image, roi, (10, 1, 1))[0]
+    assert abs(float(x[:, 4:44].mean())) < 1e-3 and abs(float(x[:, 4:44].std()) - 1) < 1e-2
+    assert float(x[:, :4].max()) < -3  # the padding is darker than anything in the image
 
 
 # ----------------------------------------------------------------------------- roi
@@ -420,3 +435,46 @@ def test_a_bad_prior_weight_in_the_environment_falls_back_to_the_default(monkeyp
         monkeypatch.setenv("SEGFM_PRIOR_WEIGHT", bad)
         assert engine.env_fraction("SEGFM_PRIOR_WEIGHT", 0.4) == 0.4
         assert "SEGFM_PRIOR_WEIGHT" in capsys.readouterr().err
+
+
+def test_ct_round_zero_drops_mask_voxels_of_the_surroundings_intensity():
+    """A mask spilling from a dark object into bright tissue: the refit intensity model removes
+    the spill and keeps the object; without it (strength 0) the spill stays."""
+    image = np.full((8, 20, 20), 200, np.uint8)
+    image[:, 5:15, 5:15] = 20  # the dark object
+    probs = np.full(image.shape, 0.1, np.float32)
+    probs[:, 5:15, 5:15] = 0.9
+    probs[:, 5:15, 15:17] = 0.7  # spill into bright tissue, network unsure
+    for strength, spill_kept in ((0.0, True), (engine.CT_INTENSITY, False)):
+        canvas = engine.ClassCanvas(image.shape)
+        canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
+        if strength:
+            engine.fuse_intensity(canvas, image, (1.0, 1.0, 1.0), strength, holds_a_box=False)
+        mask = canvas.mask_full()
+        assert mask[:, 6:14, 6:14].all() and not mask[:, :, :4].any()
+        assert bool(mask[:, 8, 15].all()) == spill_kept
+    assert engine.intensity_strength("CT_x") == engine.CT_INTENSITY
+    assert engine.intensity_strength("MR_x") == engine.intensity_strength("PET_x") == 0.0
+
+
+def test_a_container_class_only_loses_confidence_inside_its_mask():
+    """A lung around a lesion: the lung's own intensity model must not make it surer inside its
+    mask (it would outvote the lesion in the fusion), while missed voxels of its intensity
+    still come in; class_views marks the class whose box holds another's."""
+    image = np.full((8, 20, 20), 200, np.uint8)
+    image[:, 3:17, 3:17] = 20
+    probs = np.full(image.shape, 0.1, np.float32)
+    probs[:, 3:17, 3:15] = 0.7
+    probs[:, 3:17, 15:17] = 0.3  # missed part of the dark object
+    results = {}
+    for holds in (False, True):
+        canvas = engine.ClassCanvas(image.shape)
+        canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
+        engine.fuse_intensity(canvas, image, (1.0, 1.0, 1.0), engine.CT_INTENSITY, holds)
+        results[holds] = canvas.probs.numpy()
+        assert canvas.mask_full()[:, 4:16, 4:16].all()  # the miss comes in either way (edges are smoothed)
+    assert results[False][4, 8, 8] > 0.95 and abs(results[True][4, 8, 8] - 0.7) < 1e-3
+    big, small = Box.from_bounds((0, 2, 2), (7, 17, 17)), Box.from_bounds((2, 5, 5), (4, 8, 8))
+    case = Case("CT_x", image, np.ones(3), [ClassPrompts(big, [], [], []), ClassPrompts(small, [], [], []),
+                                           ClassPrompts(None, [(1, 1, 1)], [], ["fg"])], None, 0, True)
+    assert [v.holds_a_box for v in engine.class_views(case)] == [True, False, False]
