@@ -292,16 +292,16 @@ def fuse_intensity(canvas: ClassCanvas, image: np.ndarray, spacing, strength: fl
     box holds another's only loses confidence inside its mask: a body's or a lung's model would
     otherwise claim the bones or the lesion inside it (fused DSC 0.00 for the bones).
     """
-    probs = canvas.probs.numpy()
-    mask = probs > 0.5
+    mask = (canvas.probs > 0.5).numpy()
     if not mask.any() or mask.all():
         return
     spacing = np.asarray(spacing, float)
     weight, llr = intensity_llr(grey_levels(image[canvas.region()]), mask, ~mask, spacing.min() / spacing)
     if holds_a_box:
-        llr = np.where(mask, np.minimum(llr, 0.0), llr)
-    logits = np.log(np.clip(probs, 1e-4, 1.0) / np.clip(1.0 - probs, 1e-4, 1.0))
-    canvas.probs = torch.sigmoid(torch.from_numpy(logits + strength * weight * llr))
+        np.minimum(llr, 0.0, out=llr, where=mask)
+    # in place: a body canvas on a 300 x 512 x 512 CT is 300 MB per float volume
+    logits = torch.logit(canvas.probs, eps=1e-4).add_(torch.from_numpy(llr).mul_(strength * weight))
+    canvas.probs = logits.sigmoid_()
 
 
 def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:
