@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from app.roi import Roi, crop, crop_image, to_patch
 
@@ -37,10 +38,14 @@ def normalise(patch: torch.Tensor, inside: torch.Tensor | None = None) -> torch.
 
 def in_plane_fraction(roi: Roi, shape) -> torch.Tensor:
     """On the patch grid: the fraction of each voxel's footprint inside the in-plane field of
-    view (beyond the z ends app.roi.crop_image repeats slices, which is content)."""
-    inside = torch.zeros(roi.size)
-    inside[(slice(None), *roi.image_slices(tuple(shape))[1][1:])] = 1.0
-    return to_patch(inside[None], roi)[0]
+    view (beyond the z ends app.roi.crop_image repeats slices, which is content). Separable, so
+    built from two 1D profiles: a zoomed body RoI's crop grid is ~85 M voxels."""
+    profiles = []
+    for axis in (1, 2):
+        inside = torch.zeros(roi.size[axis])
+        inside[roi.image_slices(tuple(shape))[1][axis]] = 1.0
+        profiles.append(F.adaptive_avg_pool1d(inside[None, None], roi.patch[axis])[0, 0] if roi.zoomed else inside)
+    return (profiles[0][:, None] * profiles[1][None, :]).expand(roi.patch)
 
 
 def box_channel(roi: Roi, lo, hi) -> torch.Tensor:

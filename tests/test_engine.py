@@ -13,7 +13,7 @@ from app.autobox import grown_bounds, touches_open_side
 from app.experts import Expert
 from app.io import Box, Case, ClassPrompts
 from app.postprocess import StreamingFusion
-from app.prompts import box_channel, click_channel, encode
+from app.prompts import box_channel, click_channel, encode, in_plane_fraction
 from app.roi import Roi, crop, crop_image, from_patch, prompt_bounds, roi_around, to_patch, window_at, zoom_factors
 from app.state import RunState
 
@@ -85,6 +85,14 @@ def test_a_thin_slab_is_normalised_on_its_content_not_on_the_padding():
     x = encode(image, roi, (10, 1, 1))[0]
     assert abs(float(x[:, 4:44].mean())) < 1e-3 and abs(float(x[:, 4:44].std()) - 1) < 1e-2
     assert float(x[:, :4].max()) < -3  # the padding is darker than anything in the image
+
+
+def test_in_plane_fraction_equals_the_dense_resampled_indicator():
+    for roi, shape in [(Roi((-5, -7, 3), (64, 100, 90), (16, 24, 24)), (20, 80, 70)),
+                       (Roi((-2, -3, -1), (16, 16, 16), (16, 16, 16)), (10, 10, 10))]:
+        dense = torch.zeros(roi.size)
+        dense[(slice(None), *roi.image_slices(shape)[1][1:])] = 1.0
+        assert torch.allclose(in_plane_fraction(roi, shape), to_patch(dense[None], roi)[0], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- roi
