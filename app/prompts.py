@@ -21,18 +21,15 @@ CLICK_RADIUS_MM = 3.0
 CLICK_RADIUS_PATCH = 2.0
 
 
-def normalise(patch: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+def normalise(patch: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """Per-patch z-score: the same look for every modality's 0..255 window.
 
     `inside` (the fraction of each patch voxel that holds image content) weights the
     statistics, so that the zeros padding a RoI beyond the field of view do not set them."""
     patch = patch.float()
-    if inside is None:
-        mean, std = patch.mean(), patch.std()
-    else:
-        total = inside.sum().clamp_min(1.0)
-        mean = (patch * inside).sum() / total
-        std = (((patch - mean) ** 2 * inside).sum() / total).sqrt()
+    total = inside.sum().clamp_min(1.0)
+    mean = (patch * inside).sum() / total
+    std = (((patch - mean) ** 2 * inside).sum() / total).sqrt()
     return ((patch - mean) / (std + 1e-3)).clamp_(-5.0, 5.0)
 
 

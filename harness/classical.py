@@ -15,7 +15,7 @@ import numpy as np
 
 from app.clickfix import correct
 from app.io import Box
-from app.prior import BINS, box_score, histogram
+from app.prior import box_score, grey_levels, histogram
 
 SCALES = (2, 3, 4, 6, 8, 12, 16, 24)  # click_scale candidates, finest-axis voxels
 
@@ -66,7 +66,7 @@ def click_scale(image: np.ndarray, point, aniso: np.ndarray) -> float:
         hi = [min(int(p + 1.5 * q) + 2, s) for p, q, s in zip(point, radii, image.shape)]
         grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
         norm = np.sqrt(sum(((g - p) / q) ** 2 for g, p, q in zip(grids, point, radii)))
-        levels = image[tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.int64) * BINS // 256
+        levels = grey_levels(image[tuple(slice(a, b) for a, b in zip(lo, hi))])
         inner, shell = norm <= 0.7, (norm >= 1.0) & (norm <= 1.5)
         if inner.sum() < 5 or shell.sum() < 5:
             continue
