@@ -371,6 +371,28 @@ def test_click_confinement_changes_the_mask_only_near_the_click():
         assert canvas.probs[5, 5, 5] == 1  # a removal far away: the previous mask
 
 
+
+def test_confinement_lets_a_class_give_up_the_voxels_another_class_claimed():
+    """Another class's new positive click inside this class's mask frees a ball there too: the
+    network's removal at it stays, a removal elsewhere does not."""
+    prev_pred = np.zeros((30, 30, 30), np.uint8)
+    prev_pred[5:25, 5:25, 5:25] = 1
+    net = (prev_pred == 1).astype(np.float32)
+    net[7:10, 7:10, 7:10] = 0  # given up around the other class's click (3 voxels deep: a 9 mm ball)
+    net[22:25, 22:25, 22:25] = 0  # dropped far from every click
+    own = ClassPrompts(None, [], [(24, 2, 24)], ["bg"])
+    other = ClassPrompts(None, [(8, 8, 8)], [], ["fg"])
+    view = engine.ClassView(1, own, None, (slice(5, 25),) * 3, prev_pred, others=(other,))
+    canvas = engine.ClassCanvas(prev_pred.shape)
+    canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
+    canvas.probs = torch.from_numpy(net.copy())
+    engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
+    assert canvas.probs[8, 8, 8] == 0 and canvas.probs[23, 23, 23] == 1
+    view = replace(view, others=(replace(other, order=[None]),))  # no new click: nothing claimed
+    canvas.probs = torch.from_numpy(net.copy())
+    engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
+    assert canvas.probs[8, 8, 8] == 1
+
 def test_intensity_box_finds_a_bright_blob_and_refuses_a_flood():
     from app.autobox import intensity_box
 
@@ -486,3 +508,41 @@ def test_a_container_class_only_loses_confidence_inside_its_mask():
     case = Case("CT_x", image, np.ones(3), [ClassPrompts(big, [], [], []), ClassPrompts(small, [], [], []),
                                            ClassPrompts(None, [(1, 1, 1)], [], ["fg"])], None, 0, True)
     assert [v.holds_a_box for v in engine.class_views(case)] == [True, False, False]
+
+
+def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
+    """A voxel has one label: another class's positive clicks are this class's negatives, and its
+    newest positive click is a voxel this class must be free to give up (confinement). Classes
+    whose boxes overlap by TWIN_IOU or more are twins; a box inside a much larger one is not."""
+    image = np.zeros((20, 20, 20), np.uint8)
+    big, same, small = (Box.from_bounds((0, 0, 0), (19, 19, 19)), Box.from_bounds((0, 0, 1), (19, 19, 19)),
+                        Box.from_bounds((2, 2, 2), (6, 6, 6)))
+    prompts = [ClassPrompts(big, [(1, 1, 1)], [(2, 2, 2)], ["fg"]),
+               ClassPrompts(same, [(3, 3, 3), (4, 4, 4)], [], ["fg", "fg"]),
+               ClassPrompts(small, [], [(5, 5, 5)], ["bg"])]
+    case = Case("MR_x", image, np.ones(3), prompts, None, 1, True)
+    views = engine.class_views(case)
+    assert views[0].negatives == [(2, 2, 2), (3, 3, 3), (4, 4, 4)] and views[0].claimed == [(4, 4, 4)]
+    assert views[2].negatives == [(5, 5, 5), (1, 1, 1), (3, 3, 3), (4, 4, 4)]
+    assert [len(v.twins) for v in views] == [1, 1, 0] and views[0].twins[0] is prompts[1]
+    alone = engine.class_views(case, cross_clicks=False)
+    assert alone[0].negatives == [(2, 2, 2)] and alone[0].claimed == []
+
+
+def test_twin_refit_gives_a_twin_the_tissue_of_its_positive_click():
+    """Grey and white matter in one box get the same probabilities; after the clicks each class
+    keeps only the tissue like its own click. Without an own positive click nothing changes."""
+    image = np.full((8, 12, 24), 150, np.uint8)
+    image[:, :, 12:] = 60
+    probs = np.full(image.shape, 0.9, np.float32)
+    box = (np.zeros(3, int), np.array(image.shape) - 1)
+    white = ClassPrompts(Box.from_bounds(*box), [(4, 6, 3)], [], ["fg"])
+    grey = ClassPrompts(Box.from_bounds(*box), [(4, 6, 20)], [], ["fg"])
+    for own, kept, changed in ((white, slice(0, 12), True), (replace(white, fg=[]), slice(0, 24), False)):
+        canvas = engine.ClassCanvas(image.shape)
+        canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
+        view = engine.ClassView(1, own, box, twins=(grey,))
+        assert engine.twin_refit(canvas, image, view) == changed
+        expected = np.zeros(image.shape, bool)
+        expected[:, :, kept] = True
+        assert (canvas.mask_full() == expected).all()

@@ -60,3 +60,20 @@ def test_engine_hands_the_prior_over_only_to_boxed_classes_without_a_previous_ma
     kept = segmenter.prepare(ClassView.single(box, [(20, 30, 33)], [], ["fg"], prev))
     assert np.array_equal(kept.prev_mask(), prev)
     assert not segmenter.prepare(ClassView.single(None, [], [], [], None)).has_prev
+
+
+def test_click_llr_lowers_only_where_an_other_click_is_typical():
+    """Own click on the bright tissue, an other click on the dark one: the dark tissue gets a
+    negative ratio, the bright one none, an intensity no click sampled none; an other click of
+    about the own click's intensity tells nothing (None)."""
+    rng = np.random.default_rng(0)
+    image = np.full((6, 12, 30), 150.0)
+    image[:, :, 10:20] = 50.0
+    image[:, :, 20:] = 250.0
+    image = np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
+    llr = prior.click_llr(image, [(3, 6, 5)], [(3, 6, 15)])
+    assert (llr[:, :, 11:19] < -3).all()
+    assert (llr[:, :, :9] == 0).all() and (llr[:, :, 21:] == 0).all()
+    assert prior.click_llr(image, [(3, 6, 5)], []) is None and prior.click_llr(image, [], [(3, 6, 15)]) is None
+    image[:, :, 10:20] = 152
+    assert prior.click_llr(image, [(3, 6, 5)], [(3, 6, 15)]) is None
