@@ -347,7 +347,7 @@ def twin_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView) -> bool:
     positive click (or its own negative click) than like its own positive clicks. Only lowering:
     the Gaussians extrapolate badly to intensities no click sampled. True when it ran."""
     negatives = [*view.prompts.bg, *(q for t in view.twins for q in t.fg)]
-    llr = click_llr(image[canvas.region()], view.prompts.fg, negatives) if canvas.probs.numel() else None
+    llr = click_llr(image, canvas.region(), view.prompts.fg, negatives) if canvas.probs.numel() else None
     if llr is None:
         return False
     np.clip(llr, -LLR_CLIP, 0.0, out=llr)

@@ -127,8 +127,8 @@ CLICK_SEPARATION = 3.0   # spreads between an own and an other click's intensity
 CLICK_TYPICAL = 2.0      # spreads from an other click's intensity within which a voxel is like it
 
 
-def click_llr(image: np.ndarray, own: list, others: list) -> np.ndarray | None:
-    """Log likelihood ratio, at every voxel of `image`, of the nearest of the `own` clicks'
+def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list) -> np.ndarray | None:
+    """Log likelihood ratio, at every voxel of `image[region]`, of the nearest of the `own` clicks'
     intensities against the nearest of the `others'`: one Gaussian per click, fitted on its
     neighbourhood, with a shared spread; 0 where a voxel is not typical of any other click (a
     body's muscle is not like its bone click even when its one click sits in fat). Other clicks
@@ -149,7 +149,7 @@ def click_llr(image: np.ndarray, own: list, others: list) -> np.ndarray | None:
     other_s = [c for c in other_s if np.abs(own_levels - np.median(c)).min() >= CLICK_SEPARATION * spread]
     if not other_s:
         return None
-    img = image.astype(np.float32)
+    img = image[region].astype(np.float32)
     def nearest(cubes):  # one volume at a time: a body canvas is 300 MB per float volume
         out = np.full(img.shape, np.inf, np.float32)
         for c in cubes:

@@ -71,9 +71,13 @@ def test_click_llr_lowers_only_where_an_other_click_is_typical():
     image[:, :, 10:20] = 50.0
     image[:, :, 20:] = 250.0
     image = np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
-    llr = prior.click_llr(image, [(3, 6, 5)], [(3, 6, 15)])
+    everything = (slice(None),) * 3
+    llr = prior.click_llr(image, everything, [(3, 6, 5)], [(3, 6, 15)])
     assert (llr[:, :, 11:19] < -3).all()
     assert (llr[:, :, :9] == 0).all() and (llr[:, :, 21:] == 0).all()
-    assert prior.click_llr(image, [(3, 6, 5)], []) is None and prior.click_llr(image, [], [(3, 6, 15)]) is None
+    part = prior.click_llr(image, (slice(None), slice(None), slice(8, 30)), [(3, 6, 5)], [(3, 6, 15)])
+    assert (part == llr[:, :, 8:]).all()  # clicks in image coordinates, the ratio on the region
+    assert prior.click_llr(image, everything, [(3, 6, 5)], []) is None
+    assert prior.click_llr(image, everything, [], [(3, 6, 15)]) is None
     image[:, :, 10:20] = 152
-    assert prior.click_llr(image, [(3, 6, 5)], [(3, 6, 15)]) is None
+    assert prior.click_llr(image, everything, [(3, 6, 5)], [(3, 6, 15)]) is None
