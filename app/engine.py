@@ -344,10 +344,15 @@ def twin_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView) -> bool:
     """Classes with about the same box (grey matter, white matter and CSF in one brain box; bone
     and soft tissue in one head) get the same probabilities from a per-class network: only the
     clicks tell them apart. The class loses confidence where the intensity is more like a twin's
-    positive click (or its own negative click) than like its own positive clicks. Only lowering:
-    the Gaussians extrapolate badly to intensities no click sampled. True when it ran."""
+    positive click (or its own negative click) than like its own positive clicks, or, before it
+    has any, its previous mask's median (valset ICBM tissue DSC_AUC 2.362 -> 2.586). Only
+    lowering: the Gaussians extrapolate badly to intensities no click sampled. True when it ran."""
     negatives = [*view.prompts.bg, *(q for t in view.twins for q in t.fg)]
-    llr = click_llr(image, canvas.region(), view.prompts.fg, negatives) if canvas.probs.numel() else None
+    sample = None
+    if not view.prompts.fg:  # only negative clicks so far: the class is what its previous mask mostly is
+        prev = view.prev_mask_on(canvas.region())
+        sample = image[canvas.region()][prev] if prev is not None and prev.any() else None
+    llr = click_llr(image, canvas.region(), view.prompts.fg, negatives, sample) if canvas.probs.numel() else None
     if llr is None:
         return False
     np.clip(llr, -LLR_CLIP, 0.0, out=llr)

@@ -127,14 +127,16 @@ CLICK_SEPARATION = 3.0   # spreads between an own and an other click's intensity
 CLICK_TYPICAL = 2.0      # spreads from an other click's intensity within which a voxel is like it
 
 
-def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list) -> np.ndarray | None:
+def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list,
+              own_sample: np.ndarray | None = None) -> np.ndarray | None:
     """Log likelihood ratio, at every voxel of `image[region]`, of the nearest of the `own` clicks'
     intensities against the nearest of the `others'`: one Gaussian per click, fitted on its
     neighbourhood, with a shared spread; 0 where a voxel is not typical of any other click (a
     body's muscle is not like its bone click even when its one click sits in fat). Other clicks
-    of about an own click's intensity are dropped. None when either side has no click. Why per
+    of about an own click's intensity are dropped. `own_sample`: intensities that count as one
+    more own click (its median; not in the spread). None when either side has nothing. Why per
     click: the other side holds several tissues (grey matter and CSF against white matter)."""
-    if not own or not others:
+    if not (own or own_sample is not None) or not others:
         return None
     def samples(points):
         cubes = []
@@ -144,6 +146,8 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
         return cubes
     own_s, other_s = samples(own), samples(others)
     spread = max(MIN_CLICK_SPREAD, float(np.sqrt(np.mean([c.var() for c in own_s + other_s]))))
+    if own_sample is not None:
+        own_s.append(own_sample.astype(np.float32))
     # an other click of about an own click's intensity says intensity cannot tell them apart
     own_levels = np.array([np.median(c) for c in own_s])
     other_s = [c for c in other_s if np.abs(own_levels - np.median(c)).min() >= CLICK_SEPARATION * spread]

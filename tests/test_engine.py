@@ -531,17 +531,23 @@ def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
 
 def test_twin_refit_gives_a_twin_the_tissue_of_its_positive_click():
     """Grey and white matter in one box get the same probabilities; after the clicks each class
-    keeps only the tissue like its own click. Without an own positive click nothing changes."""
+    keeps only the tissue like its own click, or, without one, like most of its previous mask.
+    Without either nothing changes."""
     image = np.full((8, 12, 24), 150, np.uint8)
     image[:, :, 12:] = 60
     probs = np.full(image.shape, 0.9, np.float32)
     box = (np.zeros(3, int), np.array(image.shape) - 1)
     white = ClassPrompts(Box.from_bounds(*box), [(4, 6, 3)], [], ["fg"])
     grey = ClassPrompts(Box.from_bounds(*box), [(4, 6, 20)], [], ["fg"])
-    for own, kept, changed in ((white, slice(0, 12), True), (replace(white, fg=[]), slice(0, 24), False)):
+    mostly_white = np.zeros(image.shape, np.uint8)
+    mostly_white[:, :, :14] = 1
+    unclicked = replace(white, fg=[])
+    for own, prev, kept, changed in ((white, None, slice(0, 12), True), (unclicked, None, slice(0, 24), False),
+                                     (unclicked, mostly_white, slice(0, 12), True)):
         canvas = engine.ClassCanvas(image.shape)
         canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
-        view = engine.ClassView(1, own, box, twins=(grey,))
+        region = None if prev is None else (slice(0, 8), slice(0, 12), slice(0, 14))
+        view = engine.ClassView(1, own, box, region, prev, twins=(grey,))
         assert engine.twin_refit(canvas, image, view) == changed
         expected = np.zeros(image.shape, bool)
         expected[:, :, kept] = True
