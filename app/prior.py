@@ -128,7 +128,7 @@ CLICK_TYPICAL = 2.0      # spreads from an other click's intensity within which 
 
 
 def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list,
-              own_sample: np.ndarray | None = None) -> np.ndarray | None:
+              own_sample: np.ndarray | None = None, labelled: list = ()) -> np.ndarray | None:
     """Log likelihood ratio, at every voxel of `image[region]`, of the nearest of the `own` clicks'
     intensities against the nearest of the `others'`: one Gaussian per click, fitted on its
     neighbourhood, with a shared spread; 0 where a voxel is not typical of any other click (a
@@ -151,6 +151,9 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     # an other click of about an own click's intensity says intensity cannot tell them apart
     own_levels = np.array([np.median(c) for c in own_s])
     other_s = [c for c in other_s if np.abs(own_levels - np.median(c)).min() >= CLICK_SEPARATION * spread]
+    if labelled:
+        labels = np.array([np.median(c) for c in samples(labelled)])
+        other_s = [c for c in other_s if np.abs(labels - np.median(c)).min() >= CLICK_SEPARATION * spread]
     if not other_s:
         return None
     img = image[region].astype(np.float32)

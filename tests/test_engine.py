@@ -548,7 +548,29 @@ def test_twin_refit_gives_a_twin_the_tissue_of_its_positive_click():
         canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
         region = None if prev is None else (slice(0, 8), slice(0, 12), slice(0, 14))
         view = engine.ClassView(1, own, box, region, prev, twins=(grey,))
-        assert engine.twin_refit(canvas, image, view) == changed
+        assert engine.click_refit(canvas, image, view, shared_tissue=True) == changed
         expected = np.zeros(image.shape, bool)
         expected[:, :, kept] = True
+        assert (canvas.mask_full() == expected).all()
+
+
+def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_claims_it():
+    """A cortex parcel that spilled into white matter: its negative click there takes the white
+    matter out of the whole mask. Where another class's positive click has that intensity (parcels
+    that share their tissues) the click marks a neighbour, and nothing changes."""
+    image = np.full((8, 12, 24), 150, np.uint8)
+    image[:, :, 12:] = 60
+    box = (np.zeros(3, int), np.array(image.shape) - 1)
+    prev = np.zeros(image.shape, np.uint8)
+    prev[:, :, :16] = 1  # mostly the bright tissue
+    parcel = ClassPrompts(Box.from_bounds(*box), [], [(4, 6, 14)], ["bg"])
+    neighbour = ClassPrompts(Box.from_bounds((0, 0, 12), (7, 11, 23)), [(4, 6, 20)], [], ["fg"])
+    for others, shared, kept in (((), True, 12), ((neighbour,), True, 16), ((neighbour,), False, 12)):
+        canvas = engine.ClassCanvas(image.shape)
+        canvas.probs = torch.from_numpy(prev.astype(np.float32))
+        canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
+        view = engine.ClassView(1, parcel, box, (slice(0, 8), slice(0, 12), slice(0, 16)), prev, others=others)
+        engine.click_refit(canvas, image, view, shared_tissue=shared)
+        expected = np.zeros(image.shape, bool)
+        expected[:, :, :kept] = True
         assert (canvas.mask_full() == expected).all()
