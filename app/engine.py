@@ -359,9 +359,11 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     negatives = [*view.prompts.bg, *(q for t in view.twins for q in t.fg)]
     region = canvas.region()
     sample = None
-    if not view.prompts.fg:
-        prev = view.prev_mask_on(region)
-        sample = image[region][prev] if prev is not None and prev.any() else None
+    if not view.prompts.fg:  # about a million voxels are plenty for a median (a body's mask: 40 M)
+        step = max(1, int(np.ceil((np.prod([s.stop - s.start for s in region]) / 1e6) ** (1 / 3))))
+        thinned = tuple(slice(s.start, s.stop, step) for s in region)
+        prev = view.prev_mask_on(thinned)
+        sample = image[thinned][prev] if prev is not None and prev.any() else None
     labelled = [q for o in view.others if not any(o is t for t in view.twins) for q in o.fg] if shared_tissue else []
     llr = click_llr(image, region, view.prompts.fg, negatives, sample, labelled) if canvas.probs.numel() else None
     if llr is None:

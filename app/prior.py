@@ -129,7 +129,7 @@ CLICK_TYPICAL = 2.0      # spreads from an other click's intensity within which 
 
 def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list,
               own_sample: np.ndarray | None = None, labelled: list = ()) -> np.ndarray | None:
-    """Log likelihood ratio, at every voxel of `image[region]`, of the nearest of the `own` clicks'
+    """Log likelihood ratio, at every voxel of `image[region]` (uint8), of the nearest of the `own` clicks'
     intensities against the nearest of the `others'`: one Gaussian per click, fitted on its
     neighbourhood, with a shared spread; 0 where a voxel is not typical of any other click (a
     body's muscle is not like its bone click even when its one click sits in fat). Other clicks
@@ -156,15 +156,11 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
         other_s = [c for c in other_s if np.abs(labels - np.median(c)).min() >= CLICK_SEPARATION * spread]
     if not other_s:
         return None
-    img = image[region].astype(np.float32)
-    def nearest(cubes):  # one volume at a time: a body canvas is 300 MB per float volume
-        out = np.full(img.shape, np.inf, np.float32)
-        for c in cubes:
-            np.minimum(out, np.abs(img - float(np.median(c))), out=out)
-        return out
-    other_d = nearest(other_s)
-    typical = other_d <= CLICK_TYPICAL * spread  # far from every click: no evidence either way
-    llr = (np.square(other_d, out=other_d) - np.square(nearest(own_s))) / np.float32(2 * spread ** 2)
-    llr[~typical] = 0.0
-    return llr
+    # a table over the 256 grey levels, then one lookup: a body canvas holds 80 M voxels
+    levels = np.arange(256, dtype=np.float32)
+    other_d = np.min([np.abs(levels - np.median(c)) for c in other_s], axis=0)
+    own_d = np.min([np.abs(levels - np.median(c)) for c in own_s], axis=0)
+    table = (other_d ** 2 - own_d ** 2) / np.float32(2 * spread ** 2)
+    table[other_d > CLICK_TYPICAL * spread] = 0.0  # far from every other click: no evidence either way
+    return table[image[region]]
 
