@@ -359,7 +359,7 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     negatives = [*view.prompts.bg, *(q for t in view.twins for q in t.fg)]
     region = canvas.region()
     sample = None
-    if not view.prompts.fg:  # about a million voxels are plenty for a median (a body's mask: 40 M)
+    if not view.prompts.fg:  # about a million voxels are plenty for a median (a body mask: 40 M)
         step = max(1, int(np.ceil((np.prod([s.stop - s.start for s in region]) / 1e6) ** (1 / 3))))
         thinned = tuple(slice(s.start, s.stop, step) for s in region)
         prev = view.prev_mask_on(thinned)
