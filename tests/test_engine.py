@@ -529,7 +529,7 @@ def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
     assert alone[0].negatives == [(2, 2, 2)] and alone[0].claimed == []
 
 
-def test_twin_refit_gives_a_twin_the_tissue_of_its_positive_click():
+def test_click_refit_gives_a_twin_the_tissue_of_its_positive_click():
     """Grey and white matter in one box get the same probabilities; after the clicks each class
     keeps only the tissue like its own click, or, without one, like most of its previous mask.
     Without either nothing changes."""
