@@ -144,22 +144,22 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
             sl = tuple(slice(max(c - CLICK_NEIGHBOURHOOD, 0), c + CLICK_NEIGHBOURHOOD + 1) for c in p)
             cubes.append(image[sl].astype(np.float32).ravel())
         return cubes
+    def medians(cubes):
+        return np.array([np.median(c) for c in cubes], np.float32)
     own_s, other_s = samples(own), samples(others)
     spread = max(MIN_CLICK_SPREAD, float(np.sqrt(np.mean([c.var() for c in own_s + other_s]))))
-    if own_sample is not None:
-        own_s.append(own_sample.astype(np.float32))
+    own_levels = medians(own_s + ([own_sample] if own_sample is not None else []))
+    other_levels = medians(other_s)
     # an other click of about an own click's intensity says intensity cannot tell them apart
-    own_levels = np.array([np.median(c) for c in own_s])
-    other_s = [c for c in other_s if np.abs(own_levels - np.median(c)).min() >= CLICK_SEPARATION * spread]
+    keep = np.abs(own_levels[:, None] - other_levels[None]).min(0) >= CLICK_SEPARATION * spread
     if labelled:
-        labels = np.array([np.median(c) for c in samples(labelled)])
-        other_s = [c for c in other_s if np.abs(labels - np.median(c)).min() >= CLICK_SEPARATION * spread]
-    if not other_s:
+        keep &= np.abs(medians(samples(labelled))[:, None] - other_levels[None]).min(0) >= CLICK_SEPARATION * spread
+    if not keep.any():
         return None
     # a table over the 256 grey levels, then one lookup: a body canvas holds 80 M voxels
-    levels = np.arange(256, dtype=np.float32)
-    other_d = np.min([np.abs(levels - np.median(c)) for c in other_s], axis=0)
-    own_d = np.min([np.abs(levels - np.median(c)) for c in own_s], axis=0)
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    other_d = np.abs(levels - other_levels[keep][None]).min(1)
+    own_d = np.abs(levels - own_levels[None]).min(1)
     table = (other_d ** 2 - own_d ** 2) / np.float32(2 * spread ** 2)
     table[other_d > CLICK_TYPICAL * spread] = 0.0  # far from every other click: no evidence either way
     return table[image[region]]
