@@ -77,18 +77,19 @@ class ClassView:
     holds_a_box: bool = False  # its box holds another class's box (a body around bones, a lung around a lesion)
     others: tuple[ClassPrompts, ...] = ()  # the other classes' prompts: a voxel has one label
     twins: tuple[ClassPrompts, ...] = ()  # the prompts of classes with about the same box (click_refit)
+    cross_clicks: bool = True  # the others' positive clicks are negatives here (SEGFM_CROSS_CLICKS)
 
     @property
     def negatives(self) -> list:
         """The background clicks the experts see: the class's own and the other classes' positive
         clicks. Valset: nucleus clicks lowering DSC 107 -> 65 of 200, but the box-less vessels fell
         (DSC_Final 0.69 -> 0.62; keeping them out of zoomed RoIs or of the local pass did not help)."""
-        return [*self.prompts.bg, *(q for o in self.others for q in o.fg)]
+        return [*self.prompts.bg, *(q for o in self.others for q in o.fg if self.cross_clicks)]
 
     @property
     def claimed(self) -> list:
         """The other classes' positive clicks of this round: voxels this class must give up."""
-        return [o.newest_click[0] for o in self.others if o.has_new_click and o.newest_click[1]]
+        return [o.newest_click[0] for o in self.others if self.cross_clicks and o.has_new_click and o.newest_click[1]]
 
     @classmethod
     def single(cls, box: Box | None, fg, bg, order, prev: np.ndarray | None) -> ClassView:
@@ -154,7 +155,8 @@ class ClassView:
 
 
 def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
-    """One view per class; with `cross_clicks` each sees the others' prompts (ClassView.negatives)."""
+    """One view per class, each holding the others' prompts; `cross_clicks`: their positive clicks
+    are its negatives (ClassView.negatives, ClassView.claimed)."""
     regions = [] if case.prev_pred is None else ndimage.find_objects(case.prev_pred, max_label=case.num_classes)
     boxes = [None if p.box is None else p.box.bounds() for p in case.prompts]
     views = []
@@ -162,10 +164,10 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
         region = regions[c] if c < len(regions) else None
         holds = box is not None and any(other is not None and c != o and holds_box(box, other)
                                         for o, other in enumerate(boxes))
-        others = tuple(other for o, other in enumerate(case.prompts) if o != c) if cross_clicks else ()
+        others = tuple(other for o, other in enumerate(case.prompts) if o != c)
         twins = tuple(case.prompts[o] for o, other in enumerate(boxes)
                       if o != c and box is not None and other is not None and box_iou(box, other) >= TWIN_IOU)
-        views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds, others, twins))
+        views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds, others, twins, cross_clicks))
     return views
 
 

@@ -527,6 +527,7 @@ def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
     assert [len(v.twins) for v in views] == [1, 1, 0] and views[0].twins[0] is prompts[1]
     alone = engine.class_views(case, cross_clicks=False)
     assert alone[0].negatives == [(2, 2, 2)] and alone[0].claimed == []
+    assert alone[0].others == views[0].others  # the click refit's shared-tissue rule still sees them
 
 
 def test_click_refit_gives_a_twin_the_tissue_of_its_positive_click():
