@@ -575,3 +575,69 @@ def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_cla
         expected = np.zeros(image.shape, bool)
         expected[:, :, :kept] = True
         assert (canvas.mask_full() == expected).all()
+
+
+def _cube_view(kind, click, prev_pred, others=()):
+    prompts = ClassPrompts(None, [click] if kind == "fg" else [], [click] if kind == "bg" else [], [kind])
+    return engine.ClassView(1, prompts, None, engine.ndimage.find_objects(prev_pred)[0], prev_pred, others=others)
+
+
+def _full_canvas(probs):
+    canvas = engine.ClassCanvas(probs.shape)
+    canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array(probs.shape)
+    canvas.probs = torch.from_numpy(probs.copy())
+    return canvas
+
+
+def test_a_click_only_moves_the_mask_its_own_way_except_where_another_class_claims():
+    prev_pred = np.zeros((30, 30, 30), np.uint8)
+    prev_pred[5:25, 5:25, 5:25] = 1
+    net = (prev_pred == 1).astype(np.float32)
+    net[5:8, 5:8, 5:8] = 0  # a removal
+    net[25:28, 10:15, 10:15] = 1  # an addition
+    net[18:21, 18:21, 18:21] = 0  # a removal around another class's new positive click
+    other = ClassPrompts(None, [(19, 19, 19)], [], ["fg"])
+    fg = engine.ClassView(1, ClassPrompts(None, [(10, 10, 26)], [], ["fg"]), None, (slice(5, 25),) * 3, prev_pred,
+                          others=(other,))
+    canvas = _full_canvas(net)
+    engine.keep_click_direction(canvas, fg, (1.0, 1.0, 1.0))
+    assert canvas.probs[6, 6, 6] == 1 and canvas.probs[26, 12, 12] == 1  # a positive click: no removal
+    assert canvas.probs[19, 19, 19] == 0  # ... but the voxel another class claimed is given up
+    bg = replace(fg, prompts=ClassPrompts(None, [], [(10, 10, 10)], ["bg"]), others=())
+    canvas = _full_canvas(net)
+    engine.keep_click_direction(canvas, bg, (1.0, 1.0, 1.0))
+    assert canvas.probs[6, 6, 6] == 0 and canvas.probs[26, 12, 12] == 0  # a negative click: no addition
+
+
+def test_a_click_on_a_one_voxel_sliver_changes_only_the_click_and_its_face_neighbours():
+    prev_pred = np.zeros((30, 30, 30), np.uint8)
+    prev_pred[5:25, 5:25, 5:25] = 1
+    net = (prev_pred == 1).astype(np.float32)
+    net[:, :, 25:28] = 1  # the network grows a whole slab past the face ...
+    net[10, 10, 25] = 0  # ... but not at the click
+    net[5:8, 5:8, 5:8] = 0  # and drops a far corner
+    view = _cube_view("fg", (10, 10, 25), prev_pred)  # one voxel outside the x face
+    canvas = _full_canvas(net)
+    assert engine.confine_to_sliver(canvas, view, (1.0, 1.0, 1.0))
+    changed = canvas.mask_full() != (prev_pred == 1)
+    assert changed[10, 10, 25]  # the click is flipped
+    zz, yy, xx = np.nonzero(changed)
+    assert np.all((zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 25) ** 2 <= 1)  # and nothing beyond its face neighbours
+    deep = _cube_view("fg", (10, 10, 28), prev_pred)  # four voxels out: not a sliver
+    canvas = _full_canvas(net)
+    assert not engine.confine_to_sliver(canvas, deep, (1.0, 1.0, 1.0)) and torch.equal(canvas.probs,
+                                                                                         torch.from_numpy(net))
+
+
+def test_the_classical_correction_of_a_sliver_adds_only_the_surface_layer_at_the_click():
+    from app.clickfix import correct
+
+    image = np.full((30, 30, 30), 100, np.uint8)  # one intensity: everything is like the click
+    labels = np.zeros(image.shape, np.uint8)
+    labels[5:25, 5:25, 5:25] = 1
+    before = labels.copy()
+    correct(labels, image, 1, (15, 15, 25), True)  # one voxel outside the x face
+    added = np.argwhere(labels != before)
+    assert labels[15, 15, 25] == 1 and len(added) <= 5 and np.all(added[:, 2] == 25)
+    correct(labels, image, 1, (15, 15, 28), True)  # three voxels out: a deeper error grows a ball
+    assert (labels != before).sum() > 20
