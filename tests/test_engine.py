@@ -193,11 +193,11 @@ class GrowingExpert(BoxExpert):
         return out
 
 
-def _segment(expert, view, shape=(40, 40, 40), confine=False, guard=False, prior_weight=0.0):
-    """The experts' routing alone: no autobox, prior blend, click guard or confinement unless asked for."""
+def _segment(expert, view, shape=(40, 40, 40), confine=False, guard=False, prior_weight=0.0, box_check=False):
+    """The experts' routing alone: no autobox, prior blend, click guard, confinement or box check unless asked for."""
     image = np.zeros(shape, np.uint8)
     return engine.ClassSegmenter(image, np.ones(3), expert, None, autobox=False, click_guard=guard,
-                                 confine=confine, prior_weight=prior_weight).segment(view)
+                                 confine=confine, prior_weight=prior_weight, box_check=box_check).segment(view)
 
 
 def test_routing_rules():
@@ -641,3 +641,19 @@ def test_the_classical_correction_of_a_sliver_adds_only_the_surface_layer_at_the
     assert labels[15, 15, 25] == 1 and len(added) <= 5 and np.all(added[:, 2] == 25)
     correct(labels, image, 1, (15, 15, 28), True)  # three voxels out: a deeper error grows a ball
     assert (labels != before).sum() > 20
+
+
+def test_a_round_zero_mask_that_misses_a_side_of_its_box_gives_way_to_the_box():
+    """The organisers' 2D box is the object's bounding box on z_mid, widened by at most
+    int(5 x size / 256) voxels per side: a mask that stays clear of a side is another object
+    (the heart between the lung bases), so the box cuboid comes in at BOX_FILL_P."""
+    box = Box(4, 20, 12, 5, 30, 5, 30)
+    prompts = ClassPrompts(box, [], [], [])
+    view = engine.ClassView(1, prompts, box.bounds())
+    canvas, steps, _ = _segment(GrowingExpert((4, 12, 12), (20, 22, 22)), view, box_check=True)  # the middle only
+    assert steps[-1] == "boxfill"
+    assert canvas.window(box.slices()).min() >= engine.BOX_FILL_P > 0.5
+    assert canvas.window(box.slices())[8, 10, 10] > 0.99  # what the network was sure of stays
+    canvas, steps, _ = _segment(GrowingExpert((4, 6, 6), (20, 29, 29)), view, box_check=True)  # 1 in from each side
+    assert "boxfill" not in steps
+    assert "boxfill" not in _segment(GrowingExpert((4, 12, 12), (20, 22, 22)), view)[1]  # check off
