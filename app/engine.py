@@ -294,10 +294,11 @@ def keep_click_direction(canvas: ClassCanvas, view: ClassView, spacing) -> None:
 
     Why: the click says where the largest error is, not that the rest of the mask was wrong;
     the network still redrew it (a positive click on an ultrasound organ removed 1691 voxels).
-    Alone (an earlier engine) it lowered the US organ; with confine_to_sliver and the clickfix
-    sliver rule, valset (shipped weights): box DSC_AUC / DSC_Final 3.105 / 0.791 -> 3.112 / 0.799,
-    no box 2.798 / 0.786 -> 2.803 / 0.801, clicks lowering DSC 43 -> 28 of 265 with a box and
-    65 -> 34 of 212 without (the US lesion 3.214 -> 3.385)."""
+    Alone (an earlier engine) it lowered the US organ; with confine_to_sliver (then keeping the
+    click's face neighbours too) and the clickfix sliver rule, valset (shipped weights): box
+    DSC_AUC / DSC_Final 3.105 / 0.791 -> 3.112 / 0.799, no box 2.798 / 0.786 -> 2.803 / 0.801,
+    clicks lowering DSC 43 -> 28 of 265 with a box and 65 -> 34 of 212 without (the US lesion
+    3.214 -> 3.385)."""
     prev = view.prev_mask()
     old = torch.from_numpy(prev[canvas.region()].astype(np.float32))
     kept = (torch.maximum if view.prompts.newest_click[1] else torch.minimum)(canvas.probs, old)
@@ -307,20 +308,19 @@ def keep_click_direction(canvas: ClassCanvas, view: ClassView, spacing) -> None:
 
 def confine_to_sliver(canvas: ClassCanvas, view: ClassView, spacing) -> bool:
     """A click one voxel from where the previous mask turns right marks a sliver of the boundary
-    (the organisers click the deepest voxel of the largest error): the mask changes only at the
-    click and its face neighbours, the click itself flipped. Why: on nuclei and lesions at DSC
-    0.85 to 0.98 such clicks are most of them, and the network's redraw moved tens of voxels
-    for an error of a few (valset nuclei: clicks lowering DSC 52 -> 26 of 200 with the click's
-    two-voxel ball, -> 2 with the click alone, but DSC_AUC 3.785 -> 3.763 -> 3.744; with its
-    face neighbours, in the full set of rules: 33, 3.747). True when it ran."""
+    (the organisers click the deepest voxel of the largest error): the previous mask stays, the
+    clicked voxel flipped (and the balls at other classes' new positive clicks free). Why: on
+    nuclei and lesions at DSC 0.85 to 0.98 such clicks are most of them, and the network's
+    redraw moved tens of voxels for an error of a few. Valset, in the full set of rules: clicks
+    lowering DSC without a box 34 -> 3 of 210, with a box 26 -> 22 of 265, box DSC_AUC 3.215 ->
+    3.213 (the click's face neighbours too: 34 and 26; without this rule the nuclei: 52 of 198).
+    True when it ran."""
     point, is_fg = view.prompts.newest_click
     prev = view.prev_mask()
     if error_radius_mm(prev, point, (1.0, 1.0, 1.0)) > 1.0:
         return False
-    coords = [np.arange(lo, hi) - c for lo, hi, c in zip(canvas.lo, canvas.hi, point)]
-    near = (coords[0][:, None, None] ** 2 + coords[1][None, :, None] ** 2 + coords[2][None, None, :] ** 2) <= 1
-    near = torch.from_numpy(np.maximum(near.astype(np.float32), claimed_balls(canvas, view, prev, spacing)))
-    canvas.probs = near * canvas.probs + (1 - near) * torch.from_numpy(prev[canvas.region()].astype(np.float32))
+    free = torch.from_numpy(claimed_balls(canvas, view, prev, spacing))
+    canvas.probs = free * canvas.probs + (1 - free) * torch.from_numpy(prev[canvas.region()].astype(np.float32))
     local = tuple(p - lo for p, lo in zip(point, canvas.lo))
     if all(0 <= q < n for q, n in zip(local, canvas.probs.shape)):
         canvas.probs[local] = float(is_fg)
