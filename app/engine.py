@@ -267,7 +267,7 @@ def error_radius_mm(prev: np.ndarray, click, spacing, reach_mm: float = CONFINE_
     return float(min(ndimage.distance_transform_edt(same, sampling=spacing)[local], reach_mm))
 
 
-def confine_to_click(canvas: ClassCanvas, view: ClassView, spacing) -> None:
+def confine_to_click(canvas: ClassCanvas, view: ClassView, prev: np.ndarray, free: np.ndarray, spacing) -> None:
     """Keep the previous mask except in a ball around the newest click sized by the error it marks.
 
     The network redraws the whole mask every round and drifts (large organs shrink round by
@@ -277,18 +277,18 @@ def confine_to_click(canvas: ClassCanvas, view: ClassView, spacing) -> None:
     For the same reason a fg click keeps what the network added in one piece with the ball
     (grown_from): a missed rib or lobe runs beyond it (valset box DSC_AUC 2.631 -> 2.650,
     thin 0.207 -> 0.222); a bg click's removals stay in the ball, as shrinking is the drift.
+    `prev`: the previous mask (full volume); `free`: claimed_balls on the canvas region.
     """
     click = view.prompts.newest_click[0]
-    prev = view.prev_mask()
     weight = click_ball(canvas, prev, click, spacing)
     old = prev[canvas.region()]
     if view.prompts.newest_click[1]:
         weight = np.maximum(weight, grown_from(canvas, old, weight > 0))
-    weight = torch.from_numpy(np.maximum(weight, claimed_balls(canvas, view, prev, spacing)))
+    weight = torch.from_numpy(np.maximum(weight, free))
     canvas.probs = weight * canvas.probs + (1 - weight) * torch.from_numpy(old.astype(np.float32))
 
 
-def keep_click_direction(canvas: ClassCanvas, view: ClassView, spacing) -> None:
+def keep_click_direction(canvas: ClassCanvas, view: ClassView, prev: np.ndarray, free: np.ndarray) -> None:
     """A positive click only adds to the previous mask and a negative one only removes from it,
     except in the balls at other classes' new positive clicks, which the class may give up.
 
@@ -299,14 +299,13 @@ def keep_click_direction(canvas: ClassCanvas, view: ClassView, spacing) -> None:
     DSC_AUC / DSC_Final 3.105 / 0.791 -> 3.112 / 0.799, no box 2.798 / 0.786 -> 2.803 / 0.801,
     clicks lowering DSC 43 -> 28 of 265 with a box and 65 -> 34 of 212 without (the US lesion
     3.214 -> 3.385)."""
-    prev = view.prev_mask()
     old = torch.from_numpy(prev[canvas.region()].astype(np.float32))
     kept = (torch.maximum if view.prompts.newest_click[1] else torch.minimum)(canvas.probs, old)
-    free = torch.from_numpy(claimed_balls(canvas, view, prev, spacing))
+    free = torch.from_numpy(free)
     canvas.probs = free * canvas.probs + (1 - free) * kept
 
 
-def confine_to_sliver(canvas: ClassCanvas, view: ClassView, spacing) -> bool:
+def confine_to_sliver(canvas: ClassCanvas, view: ClassView, prev: np.ndarray, free: np.ndarray) -> bool:
     """A click one voxel from where the previous mask turns right marks a sliver of the boundary
     (the organisers click the deepest voxel of the largest error): the previous mask stays, the
     clicked voxel flipped (and the balls at other classes' new positive clicks free). Why: on
@@ -316,10 +315,9 @@ def confine_to_sliver(canvas: ClassCanvas, view: ClassView, spacing) -> bool:
     3.213 (the click's face neighbours too: 34 and 26; without this rule the nuclei: 52 of 198).
     True when it ran."""
     point, is_fg = view.prompts.newest_click
-    prev = view.prev_mask()
     if error_radius_mm(prev, point, (1.0, 1.0, 1.0)) > 1.0:
         return False
-    free = torch.from_numpy(claimed_balls(canvas, view, prev, spacing))
+    free = torch.from_numpy(free)
     canvas.probs = free * canvas.probs + (1 - free) * torch.from_numpy(prev[canvas.region()].astype(np.float32))
     local = tuple(p - lo for p, lo in zip(point, canvas.lo))
     if all(0 <= q < n for q, n in zip(local, canvas.probs.shape)):
@@ -512,11 +510,14 @@ class ClassSegmenter:
         if self.click_guard and self.follow_click(canvas, view):
             steps = (*steps, "clickfix")
         if self.confine and view.has_prev and view.prompts.has_new_click and canvas.probs.numel():
+            # built once for the three rules: a full-volume mask, and balls on the canvas, which they do not move
+            prev = view.prev_mask()
+            free = claimed_balls(canvas, view, prev, self.spacing)
             if view.prompts.box is not None:
-                confine_to_click(canvas, view, self.spacing)
+                confine_to_click(canvas, view, prev, free, self.spacing)
                 steps = (*steps, "confined")
-            keep_click_direction(canvas, view, self.spacing)
-            if confine_to_sliver(canvas, view, self.spacing):
+            keep_click_direction(canvas, view, prev, free)
+            if confine_to_sliver(canvas, view, prev, free):
                 steps = (*steps, "sliver")
         if (self.refit and view.prompts.box is not None and not from_prior
                 and click_refit(canvas, self.image.numpy(), view, self.shared_tissue)):

@@ -349,6 +349,12 @@ def test_many_classes_complete():
     assert len(case.prompts) == 100 and np.array_equal(out, expected)
 
 
+def _confine_inputs(canvas, view):
+    """The previous mask and the other classes' claimed balls, as ClassSegmenter.segment builds them."""
+    prev = view.prev_mask()
+    return prev, engine.claimed_balls(canvas, view, prev, (1.0, 1.0, 1.0))
+
+
 def test_click_confinement_changes_the_mask_only_near_the_click():
     prev_pred = np.zeros((30, 30, 30), np.uint8)
     prev_pred[5:15, 5:15, 5:15] = 1
@@ -364,7 +370,7 @@ def test_click_confinement_changes_the_mask_only_near_the_click():
         canvas = engine.ClassCanvas(prev_pred.shape)
         canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
         canvas.probs = torch.from_numpy(net.copy())
-        engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
+        engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
         assert canvas.probs[10, 10, 17] == 1 and canvas.probs[10, 10, 25] == 1  # within 2 x 3 + 3 mm
         assert canvas.probs[10, 10, 29] == float(kind == "fg")  # one piece with the ball: kept for a fg click
         assert canvas.probs[26, 26, 26] == 0  # a separate addition far away: the previous mask
@@ -386,11 +392,11 @@ def test_confinement_lets_a_class_give_up_the_voxels_another_class_claimed():
     canvas = engine.ClassCanvas(prev_pred.shape)
     canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
     canvas.probs = torch.from_numpy(net.copy())
-    engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
+    engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
     assert canvas.probs[8, 8, 8] == 0 and canvas.probs[23, 23, 23] == 1
     view = replace(view, others=(replace(other, order=[None]),))  # no new click: nothing claimed
     canvas.probs = torch.from_numpy(net.copy())
-    engine.confine_to_click(canvas, view, (1.0, 1.0, 1.0))
+    engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
     assert canvas.probs[8, 8, 8] == 1
 
 def test_intensity_box_finds_a_bright_blob_and_refuses_a_flood():
@@ -600,12 +606,12 @@ def test_a_click_only_moves_the_mask_its_own_way_except_where_another_class_clai
     fg = engine.ClassView(1, ClassPrompts(None, [(10, 10, 26)], [], ["fg"]), None, (slice(5, 25),) * 3, prev_pred,
                           others=(other,))
     canvas = _full_canvas(net)
-    engine.keep_click_direction(canvas, fg, (1.0, 1.0, 1.0))
+    engine.keep_click_direction(canvas, fg, *_confine_inputs(canvas, fg))
     assert canvas.probs[6, 6, 6] == 1 and canvas.probs[26, 12, 12] == 1  # a positive click: no removal
     assert canvas.probs[19, 19, 19] == 0  # ... but the voxel another class claimed is given up
     bg = replace(fg, prompts=ClassPrompts(None, [], [(10, 10, 10)], ["bg"]), others=())
     canvas = _full_canvas(net)
-    engine.keep_click_direction(canvas, bg, (1.0, 1.0, 1.0))
+    engine.keep_click_direction(canvas, bg, *_confine_inputs(canvas, bg))
     assert canvas.probs[6, 6, 6] == 0 and canvas.probs[26, 12, 12] == 0  # a negative click: no addition
 
 
@@ -618,12 +624,12 @@ def test_a_click_on_a_one_voxel_sliver_flips_only_the_clicked_voxel():
     net[5:8, 5:8, 5:8] = 0  # and drops a far corner
     view = _cube_view("fg", (10, 10, 25), prev_pred)  # one voxel outside the x face
     canvas = _full_canvas(net)
-    assert engine.confine_to_sliver(canvas, view, (1.0, 1.0, 1.0))
+    assert engine.confine_to_sliver(canvas, view, *_confine_inputs(canvas, view))
     changed = canvas.mask_full() != (prev_pred == 1)
     assert changed[10, 10, 25] and changed.sum() == 1  # the click is flipped, nothing else moves
     deep = _cube_view("fg", (10, 10, 28), prev_pred)  # four voxels out: not a sliver
     canvas = _full_canvas(net)
-    assert not engine.confine_to_sliver(canvas, deep, (1.0, 1.0, 1.0)) and torch.equal(canvas.probs,
+    assert not engine.confine_to_sliver(canvas, deep, *_confine_inputs(canvas, deep)) and torch.equal(canvas.probs,
                                                                                          torch.from_numpy(net))
 
 
