@@ -375,6 +375,10 @@ def test_click_confinement_changes_the_mask_only_near_the_click():
         assert canvas.probs[10, 10, 29] == float(kind == "fg")  # one piece with the ball: kept for a fg click
         assert canvas.probs[26, 26, 26] == 0  # a separate addition far away: the previous mask
         assert canvas.probs[5, 5, 5] == 1  # a removal far away: the previous mask
+        if kind == "fg":  # a parcel's additions stay in the ball (they run along the shared tissue)
+            canvas.probs = torch.from_numpy(net.copy())
+            engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0), grow=False)
+            assert canvas.probs[10, 10, 25] == 1 and canvas.probs[10, 10, 29] == 0
 
 
 
@@ -531,6 +535,11 @@ def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
     assert views[0].negatives == [(2, 2, 2), (3, 3, 3), (4, 4, 4)] and views[0].claimed == [(4, 4, 4)]
     assert views[2].negatives == [(5, 5, 5), (1, 1, 1), (3, 3, 3), (4, 4, 4)]
     assert [len(v.twins) for v in views] == [1, 1, 0] and views[0].twins[0] is prompts[1]
+    assert not any(v.parcel for v in views)  # twins and a nested box are not parcels
+    left, right = Box.from_bounds((0, 0, 0), (19, 19, 11)), Box.from_bounds((0, 0, 8), (19, 19, 19))
+    parcels = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), ClassPrompts(right, [], [], []),
+                                              ClassPrompts(small, [], [], [])], None, 0, True)
+    assert [v.parcel for v in engine.class_views(parcels)] == [True, True, False]
     alone = engine.class_views(case, cross_clicks=False)
     assert alone[0].negatives == [(2, 2, 2)] and alone[0].claimed == []
     assert alone[0].others == views[0].others  # the click refit's shared-tissue rule still sees them
@@ -661,3 +670,26 @@ def test_a_round_zero_mask_that_misses_a_side_of_its_box_gives_way_to_the_box():
     canvas, steps, _ = _segment(GrowingExpert((4, 6, 6), (20, 29, 29)), view, box_check=True)  # 1 in from each side
     assert "boxfill" not in steps
     assert "boxfill" not in _segment(GrowingExpert((4, 12, 12), (20, 22, 22)), view)[1]  # check off
+
+
+def test_twins_tell_their_tissues_apart_at_round_zero_by_their_box_edges():
+    """A bright shell (bone) inside a soft-tissue head, both boxes about the same: the per-class
+    network gives both the same probabilities; the edge models give the shell the bright voxels
+    and the head the rest, in their boxes only. A class without twins is left alone."""
+    image = np.full((12, 48, 48), 10, np.uint8)  # air
+    image[:, 4:44, 4:44] = 100  # soft tissue
+    image[:, 8:40, 8:40] = 240  # the skull ...
+    image[:, 11:37, 11:37] = 100  # ... around soft tissue inside
+    head, bone = Box(0, 11, 6, 4, 43, 4, 43), Box(0, 11, 6, 8, 39, 8, 39)
+    results = {}
+    for own, twin in ((bone, head), (head, bone)):
+        canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
+        view = engine.ClassView(1, ClassPrompts(own, [], [], []), own.bounds(), twins=(ClassPrompts(twin, [], [], []),))
+        assert engine.fuse_twin_edges(canvas, image, view, (1.0, 1.0, 1.0))
+        results[own] = canvas.probs.numpy()
+    assert results[bone][6, 9, 20] > 0.8 and results[bone][6, 20, 20] < 0.4  # the shell, not its inside
+    assert results[head][6, 5, 20] > 0.8 and results[head][6, 9, 20] < 0.4  # the tissue, not the shell
+    assert results[bone][6, 2, 20] == np.float32(0.6)  # outside its box: untouched
+    canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
+    alone = engine.ClassView(1, ClassPrompts(bone, [], [], []), bone.bounds())
+    assert not engine.fuse_twin_edges(canvas, image, alone, (1.0, 1.0, 1.0)) and (canvas.probs == 0.6).all()

@@ -85,3 +85,19 @@ def test_click_llr_lowers_only_where_an_other_click_is_typical():
     assert (with_own_sample == llr).all()
     image[:, :, 10:20] = 152
     assert prior.click_llr(image, everything, [(3, 6, 5)], [(3, 6, 15)]) is None
+
+
+def test_edge_model_finds_what_meets_the_box_sides_and_skips_sides_at_the_image_border():
+    """A bright ring touching its box on every side, a dark inside, grey around: the ring's
+    level is the object's, the surroundings' is not; the box centre's level is no evidence for
+    the object. A box at the image border on every side leaves no ring to compare with."""
+    image = np.full((5, 40, 40), 120, np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    radius = np.hypot(yy - 20, xx - 20)
+    image[:, (radius <= 12) & (radius > 9)] = 230
+    image[:, radius <= 9] = 20
+    box = Box(0, 4, 2, 8, 32, 8, 32)
+    weight, llr = prior.edge_llr(image, box)
+    levels = prior.grey_levels(np.array([230, 120, 20], np.uint8))
+    assert weight > 0.1 and llr[levels[0]] > 1.0 and llr[levels[1]] < 0.0 and llr[levels[2]] < 0.5
+    assert prior.edge_llr(image, Box(0, 4, 2, 0, 39, 0, 39))[0] == 0.0
