@@ -418,7 +418,7 @@ def fuse_twin_edges(canvas: ClassCanvas, image: np.ndarray, view: ClassView, spa
     spacing = np.asarray(spacing, float)
     llr = ndimage.gaussian_filter(table[grey_levels(image[region])], spacing.min() / spacing)
     inside = np.zeros(llr.shape, bool)
-    inside[tuple(slice(max(s.start - o.start, 0), max(s.stop - o.start, 0)) for s, o in zip(own.slices(), region))] = True
+    inside[tuple(slice(max(b.start - r.start, 0), max(b.stop - r.start, 0)) for b, r in zip(own.slices(), region))] = 1
     llr[~inside] = 0.0
     shift_logits(canvas, llr, EDGE_STRENGTH * weight)
     return True
