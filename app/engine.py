@@ -44,7 +44,7 @@ CONFINE_FACTOR = 2.0    # a click may change the previous mask within 2 x its er
 CONFINE_SLACK_MM = 3.0  # ... plus this, with a soft edge of the same width
 CONFINE_REACH_MM = 60.0
 TWIN_IOU = 0.6          # classes whose boxes overlap this much are told apart by their clicks (click_refit)
-EDGE_STRENGTH = 2.0     # round 0 of a class with twins: log-odds + 2 x weight x its edge model against theirs
+EDGE_STRENGTH = 2.0     # round 0 of a class with twins or box-filled: log-odds + 2 x weight x its box-edge model
 REFIT_STRENGTH = 4.0    # log-odds per unit of click_refit's log likelihood ratio (clipped at -3: flips a kept mask)
 BOX_FILL_P = 0.6        # round 0: a mask that misses a side of its box gets the box cuboid at this probability
 BOX_MISS = 0.05         # ... beyond the box's widening by more than this fraction of the box's size
@@ -395,30 +395,28 @@ def fuse_intensity(canvas: ClassCanvas, image: np.ndarray, spacing, strength: fl
     shift_logits(canvas, llr, strength * weight)
 
 
-def fuse_twin_edges(canvas: ClassCanvas, image: np.ndarray, view: ClassView, spacing) -> bool:
-    """Round 0 of a class with twins: log-odds + EDGE_STRENGTH x weight x how much more its box-edge
-    intensity model (app.prior.edge_llr) than any twin's claims a voxel's grey level, in its box.
+def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box], spacing) -> bool:
+    """Round 0: log-odds + EDGE_STRENGTH x weight x how much more the box-edge intensity model
+    of `box` (app.prior.edge_llr) than any twin's claims a voxel's grey level, inside the box.
 
-    Why: twins (boxes with IoU >= TWIN_IOU) get about the same probabilities from a per-class
-    network, and before the first click (click_refit) only intensity tells them apart; the edge
-    model sees what lies where the object meets its box, which for a bone shell or grey matter is
-    not the box centre. Relative to the twins, as a body's box edges hold bone too. Valset round
-    0, fused DSC (shipped weights): lung1 bone 0.357 -> 0.672, lung2 bone 0.064 -> 0.520, ICBM
-    grey / white matter 0.476 / 0.530 -> 0.814 / 0.669 (csf 0.078 -> 0.000); classes without
-    twins unchanged. True when it ran."""
-    own = view.prompts.box
-    boxes = [t.box for t in view.twins if t.box is not None]
-    if own is None or not boxes or not canvas.probs.numel():
+    For a class with twins (boxes with IoU >= TWIN_IOU), which a per-class network gives about
+    the same probabilities, and before the first click (click_refit) only intensity tells apart;
+    relative to the twins, as a body's box edges hold bone too. Valset round 0, fused DSC
+    (shipped weights): lung1 bone 0.357 -> 0.672, lung2 bone 0.064 -> 0.520, ICBM grey / white
+    matter 0.476 / 0.530 -> 0.814 / 0.669 (csf 0.078 -> 0.000). And for a class the box check
+    filled (fill_box): its mask was another object, and the edge model sees what lies where the
+    object meets its box, which for lung bases or a bone shell is not the box centre. True when
+    it ran."""
+    weight, table = edge_llr(image, box)
+    if weight == 0.0 or not canvas.probs.numel():
         return False
-    weight, table = edge_llr(image, own)
-    if weight == 0.0:
-        return False
-    table = np.clip(table - np.max([edge_llr(image, b)[1] for b in boxes], axis=0), -LLR_CLIP, LLR_CLIP)
+    if twins:
+        table = np.clip(table - np.max([edge_llr(image, b)[1] for b in twins], axis=0), -LLR_CLIP, LLR_CLIP)
     region = canvas.region()
     spacing = np.asarray(spacing, float)
     llr = ndimage.gaussian_filter(table[grey_levels(image[region])], spacing.min() / spacing)
     inside = np.zeros(llr.shape, bool)
-    inside[tuple(slice(max(b.start - r.start, 0), max(b.stop - r.start, 0)) for b, r in zip(own.slices(), region))] = 1
+    inside[tuple(slice(max(b.start - r.start, 0), max(b.stop - r.start, 0)) for b, r in zip(box.slices(), region))] = 1
     llr[~inside] = 0.0
     shift_logits(canvas, llr, EDGE_STRENGTH * weight)
     return True
@@ -486,9 +484,12 @@ def spans_its_box(canvas: ClassCanvas, box: Box) -> bool:
 
 
 def fill_box(canvas: ClassCanvas, box: Box) -> None:
-    """Every voxel of the box cuboid at least BOX_FILL_P: where another class is surer (a body
-    around the lung bases' heart) the fusion gives the voxel to it."""
-    canvas.window(box.slices()).clamp_(min=BOX_FILL_P)
+    """The box cuboid at BOX_FILL_P: the network's mask there was another object, however sure
+    (the heart between the lung bases), so what the class holds in its box is left to its box-edge
+    intensity model (fuse_edges) and to the fusion, which gives a voxel to a class that is surer.
+    Valset AMOS lung bases, round 0: 0.000 (the heart) -> 0.537 with the box's floor raised to
+    0.6 and the heart kept; 0.913 with the cuboid set to 0.6 and the edge model."""
+    canvas.window(box.slices()).fill_(BOX_FILL_P)
 
 
 def shift_logits(canvas: ClassCanvas, llr: np.ndarray, scale: float) -> None:
@@ -514,9 +515,9 @@ class ClassSegmenter:
     def __init__(self, image: np.ndarray, spacing, global_expert: Expert, local_expert: Expert | None,
                  clock=time.monotonic, autobox: bool = True, click_guard: bool = True, confine: bool = True,
                  prior_weight: float = PRIOR_WEIGHT, ct_intensity: float = 0.0, refit: bool = True,
-                 shared_tissue: bool = True, box_check: bool = True, twin_edges: bool = True):
+                 shared_tissue: bool = True, box_check: bool = True, edges: bool = True):
         self.clock, self.autobox, self.click_guard, self.confine = clock, autobox, click_guard, confine
-        self.box_check, self.twin_edges = box_check, twin_edges
+        self.box_check, self.edges = box_check, edges
         self.refit, self.shared_tissue = refit, shared_tissue
         self.prior_weight, self.ct_intensity = prior_weight, ct_intensity
         self.image = torch.from_numpy(image)
@@ -537,11 +538,14 @@ class ClassSegmenter:
         if from_prior and self.ct_intensity and canvas.probs.numel():
             fuse_intensity(canvas, self.image.numpy(), self.spacing, self.ct_intensity, view.holds_a_box)
             steps = (*steps, "intensity")
-        if (from_prior and self.box_check and view.prompts.box is not None and canvas.probs.numel()
-                and not spans_its_box(canvas, view.prompts.box)):
+        filled = (from_prior and self.box_check and view.prompts.box is not None and canvas.probs.numel()
+                  and not spans_its_box(canvas, view.prompts.box))
+        if filled:
             fill_box(canvas, view.prompts.box)
             steps = (*steps, "boxfill")
-        if from_prior and self.twin_edges and fuse_twin_edges(canvas, self.image.numpy(), view, self.spacing):
+        twins = [t.box for t in view.twins if t.box is not None]
+        if (from_prior and self.edges and view.prompts.box is not None and (twins or filled)
+                and fuse_edges(canvas, self.image.numpy(), view.prompts.box, twins, self.spacing)):
             steps = (*steps, "edges")
         newest = view.prompts.newest_click
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
@@ -685,11 +689,11 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     ct_intensity = intensity_strength(case.name) if os.environ.get("SEGFM_CT_INTENSITY", "1") == "1" else 0.0
     refit = os.environ.get("SEGFM_CLICK_REFIT", "1") == "1"
     box_check = os.environ.get("SEGFM_BOX_CHECK", "1") == "1"
-    twin_edges = os.environ.get("SEGFM_TWIN_EDGES", "1") == "1"
+    edges = os.environ.get("SEGFM_EDGES", "1") == "1"
     segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock,
                                autobox=autobox, click_guard=click_guard, confine=confine, prior_weight=prior_weight,
                                ct_intensity=ct_intensity, refit=refit, shared_tissue=not case.name.startswith("CT_"),
-                               box_check=box_check, twin_edges=twin_edges)
+                               box_check=box_check, edges=edges)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class so far: what a class is sure to need
     todo = schedule(views)
