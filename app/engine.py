@@ -399,9 +399,9 @@ def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box
     """Round 0: log-odds + EDGE_STRENGTH x weight x how much more the box-edge intensity model
     of `box` (app.prior.edge_llr) than any twin's claims a voxel's grey level, inside the box.
 
-    For a class with twins (boxes with IoU >= TWIN_IOU), which a per-class network gives about
-    the same probabilities, and before the first click (click_refit) only intensity tells apart;
-    relative to the twins, as a body's box edges hold bone too. Valset round 0, fused DSC
+    For a class with twins (boxes with IoU >= TWIN_IOU): a per-class network gives twins about
+    the same probabilities, and before the first click (click_refit) only intensity tells them
+    apart; relative to the twins' models, as a body's box edges hold bone too. Valset round 0, fused DSC
     (shipped weights): lung1 bone 0.357 -> 0.672, lung2 bone 0.064 -> 0.520, ICBM grey / white
     matter 0.476 / 0.530 -> 0.814 / 0.669 (csf 0.078 -> 0.000). And for a class the box check
     filled (fill_box): its mask was another object, and the edge model sees what lies where the

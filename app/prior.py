@@ -165,6 +165,14 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     return table[image[region]]
 
 
+EDGE_FLOOR = 1e-3  # a level seen on neither side of the box edge is no evidence (llr 0), whatever the sample sizes
+
+
+def density(levels: np.ndarray) -> np.ndarray:
+    """Smoothed, normalised grey-level histogram without a pseudo-count (edge_llr adds EDGE_FLOOR)."""
+    counts = ndimage.gaussian_filter1d(np.bincount(levels.ravel(), minlength=BINS).astype(float), 1.0)
+    return counts / counts.sum()
+
 
 def edge_llr(image: np.ndarray, box: Box) -> tuple[float, np.ndarray]:
     """The box-edge intensity model: its weight (the histograms' total variation) and the log
@@ -198,12 +206,3 @@ def edge_llr(image: np.ndarray, box: Box) -> tuple[float, np.ndarray]:
     inside, outside = density(levels[strips]), density(levels[ring])
     llr = np.clip(np.log((inside + EDGE_FLOOR) / (outside + EDGE_FLOOR)), -LLR_CLIP, LLR_CLIP).astype(np.float32)
     return float(0.5 * np.abs(inside - outside).sum()), llr
-
-
-EDGE_FLOOR = 1e-3  # a level seen on neither side of the box edge is no evidence (llr 0), whatever the sample sizes
-
-
-def density(levels: np.ndarray) -> np.ndarray:
-    """Smoothed, normalised grey-level histogram without a pseudo-count."""
-    counts = ndimage.gaussian_filter1d(np.bincount(levels.ravel(), minlength=BINS).astype(float), 1.0)
-    return counts / counts.sum()
