@@ -64,6 +64,15 @@ def intensity_strength(name: str) -> float:
     return CT_INTENSITY if name.startswith("CT_") else 0.0
 
 
+def case_options(name: str) -> dict:
+    """ClassSegmenter's options that follow a case's modality (the file name's prefix), for the
+    engine and for training's simulated rounds alike: the autobox, the CT intensity refit, and
+    whether intensities are relative (shared_tissue: all but CT, whose Hounsfield units mean one
+    tissue everywhere)."""
+    return {"autobox": autobox_suits(name), "ct_intensity": intensity_strength(name),
+            "shared_tissue": not name.startswith("CT_")}
+
+
 @dataclass
 class ClassView:
     """What the engine knows of one class this round.
@@ -405,8 +414,10 @@ def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box
     (shipped weights): lung1 bone 0.357 -> 0.672, lung2 bone 0.064 -> 0.520, ICBM grey / white
     matter 0.476 / 0.530 -> 0.814 / 0.669 (csf 0.078 -> 0.000). And for a class the box check
     filled (fill_box): its mask was another object, and the edge model sees what lies where the
-    object meets its box, which for lung bases or a bone shell is not the box centre. True when
-    it ran."""
+    object meets its box, which for lung bases or a bone shell is not the box centre. And for
+    every class on CT, where a grey level means one tissue everywhere (valset, with the above:
+    AMOS DSC_AUC 3.045 -> 3.138, the 10 mm chest 3.338 -> 3.392, lung1 3.608 -> 3.592, its
+    lesion's DSC_Final 0.898 -> 0.874). True when it ran."""
     weight, table = edge_llr(image, box)
     if weight == 0.0 or not canvas.probs.numel():
         return False
@@ -544,7 +555,7 @@ class ClassSegmenter:
             fill_box(canvas, view.prompts.box)
             steps = (*steps, "boxfill")
         twins = [t.box for t in view.twins if t.box is not None]
-        if (from_prior and self.edges and view.prompts.box is not None and (twins or filled)
+        if (from_prior and self.edges and view.prompts.box is not None and (twins or filled or not self.shared_tissue)
                 and fuse_edges(canvas, self.image.numpy(), view.prompts.box, twins, self.spacing)):
             steps = (*steps, "edges")
         newest = view.prompts.newest_click
@@ -682,17 +693,18 @@ def run(case: Case, state: RunState | None, deadline: float, experts=None, clock
     if state is not None:
         with state.lock:
             state.partial, state.done = current, set(done)
-    autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and autobox_suits(case.name)
+    options = case_options(case.name)
+    autobox = os.environ.get("SEGFM_AUTOBOX", "1") == "1" and options["autobox"]
     click_guard = os.environ.get("SEGFM_CLICK_GUARD", "1") == "1"
     confine = os.environ.get("SEGFM_CONFINE", "1") == "1"
     prior_weight = env_fraction("SEGFM_PRIOR_WEIGHT", PRIOR_WEIGHT)
-    ct_intensity = intensity_strength(case.name) if os.environ.get("SEGFM_CT_INTENSITY", "1") == "1" else 0.0
+    ct_intensity = options["ct_intensity"] if os.environ.get("SEGFM_CT_INTENSITY", "1") == "1" else 0.0
     refit = os.environ.get("SEGFM_CLICK_REFIT", "1") == "1"
     box_check = os.environ.get("SEGFM_BOX_CHECK", "1") == "1"
     edges = os.environ.get("SEGFM_EDGES", "1") == "1"
     segmenter = ClassSegmenter(case.image, case.spacing, global_expert, local_expert, clock,
                                autobox=autobox, click_guard=click_guard, confine=confine, prior_weight=prior_weight,
-                               ct_intensity=ct_intensity, refit=refit, shared_tissue=not case.name.startswith("CT_"),
+                               ct_intensity=ct_intensity, refit=refit, shared_tissue=options["shared_tissue"],
                                box_check=box_check, edges=edges)
     reserve = 1.0 + case.image.size / 80e6  # final fusion and the compressed write
     slowest = 0.0  # the slowest class so far: what a class is sure to need

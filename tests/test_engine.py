@@ -495,6 +495,8 @@ def test_ct_round_zero_drops_mask_voxels_of_the_surroundings_intensity():
         assert bool(mask[:, 8, 15].all()) == spill_kept
     assert engine.intensity_strength("CT_x") == engine.CT_INTENSITY
     assert engine.intensity_strength("MR_x") == engine.intensity_strength("PET_x") == 0.0
+    assert engine.case_options("CT_x") == {"autobox": True, "ct_intensity": engine.CT_INTENSITY, "shared_tissue": False}
+    assert engine.case_options("US_x") == {"autobox": False, "ct_intensity": 0.0, "shared_tissue": True}
 
 
 def test_a_container_class_only_loses_confidence_inside_its_mask():

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from scipy import ndimage
 from torch.nn import functional as F
 
-from app.engine import ClassCanvas, ClassSegmenter, ClassView, autobox_suits, intensity_strength
+from app.engine import ClassCanvas, ClassSegmenter, ClassView, case_options
 from app.experts import Expert, autocast, cpu_has_bf16
 from app.models.unet3d import build_unet, config_dict
 from app.prompts import encode
@@ -127,8 +127,7 @@ def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
     """The engine's per-class predictor around the live model, as it would run on this case."""
     expert = Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg, model))
     name = f"{synth.MODALITY_PREFIX[case.look]}_case"
-    return ClassSegmenter(case.image, case.spacing, expert, None, autobox=autobox_suits(name),
-                          ct_intensity=intensity_strength(name))
+    return ClassSegmenter(case.image, case.spacing, expert, None, **case_options(name))
 
 
 def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
