@@ -685,11 +685,11 @@ def test_twins_tell_their_tissues_apart_at_round_zero_by_their_box_edges():
     results = {}
     for own, twin in ((bone, head), (head, bone)):
         canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
-        assert engine.fuse_edges(canvas, image, own, [twin])
+        assert engine.fuse_edges(canvas, image, own, [twin], (1.0, 1.0, 1.0))
         results[own] = canvas.probs.numpy()
     assert results[bone][6, 9, 20] > 0.8 and results[bone][6, 20, 20] < 0.4  # the shell, not its inside
     assert results[head][6, 5, 20] > 0.8 and results[head][6, 9, 20] < 0.4  # the tissue, not the shell
     assert results[bone][6, 2, 20] == np.float32(0.6)  # outside its box: untouched
     canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
-    assert engine.fuse_edges(canvas, image, bone, [])  # alone: its own model against its ring,
+    assert engine.fuse_edges(canvas, image, bone, [], (1.0, 1.0, 1.0))  # alone: its own model against its ring,
     assert canvas.probs[6, 9, 20] > 0.8 and canvas.probs[6, 20, 20] < 0.4  # which holds the head's tissue
