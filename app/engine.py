@@ -422,8 +422,9 @@ def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box
     weight, table = edge_llr(image, box)
     if weight == 0.0 or not canvas.probs.numel():
         return False
-    if twins:
-        table = np.clip(table - np.max([edge_llr(image, b)[1] for b in twins], axis=0), -LLR_CLIP, LLR_CLIP)
+    if twins:  # compared unclipped: levels that both rings lack would saturate both models alike
+        table = table - np.max([edge_llr(image, b)[1] for b in twins], axis=0)
+    table = np.clip(table, -LLR_CLIP, LLR_CLIP)
     region = canvas.region()
     inside = tuple(slice(max(b.start, r.start), max(min(b.stop, r.stop), r.start))
                    for b, r in zip(box.slices(), region))

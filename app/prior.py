@@ -204,5 +204,5 @@ def edge_llr(image: np.ndarray, box: Box) -> tuple[float, np.ndarray]:
         return 0.0, np.zeros(BINS, np.float32)
     levels = grey_levels(image[box.z_mid])
     inside, outside = density(levels[strips]), density(levels[ring])
-    llr = np.clip(np.log((inside + EDGE_FLOOR) / (outside + EDGE_FLOOR)), -LLR_CLIP, LLR_CLIP).astype(np.float32)
+    llr = np.log((inside + EDGE_FLOOR) / (outside + EDGE_FLOOR)).astype(np.float32)  # unclipped: see fuse_edges
     return float(0.5 * np.abs(inside - outside).sum()), llr

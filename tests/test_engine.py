@@ -693,3 +693,20 @@ def test_twins_tell_their_tissues_apart_at_round_zero_by_their_box_edges():
     canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
     assert engine.fuse_edges(canvas, image, bone, [], (1.0, 1.0, 1.0))  # alone: its own model against its ring,
     assert canvas.probs[6, 9, 20] > 0.8 and canvas.probs[6, 20, 20] < 0.4  # which holds the head's tissue
+
+
+def test_a_bone_just_under_the_skin_stays_the_bone_s_even_in_the_head_s_box_edges():
+    """The skull lies in the head's box-edge strips too, and neither ring holds bone: both edge
+    models put the bone's level far above their rings, the bone's further (its strips hold
+    more bone), and that comparison, not two saturated ones, decides whose it is."""
+    image = np.full((12, 48, 48), 10, np.uint8)
+    image[:, 4:44, 4:44] = 100
+    image[:, 5:43, 5:43] = 240
+    image[:, 8:40, 8:40] = 100
+    head, bone = Box(0, 11, 6, 4, 43, 4, 43), Box(0, 11, 6, 5, 42, 5, 42)
+    probs = {}
+    for own, twin in ((bone, head), (head, bone)):
+        canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
+        engine.fuse_edges(canvas, image, own, [twin], (1.0, 1.0, 1.0))
+        probs[own] = canvas.probs.numpy()[6, 6, 20]  # a skull voxel
+    assert probs[bone] > 0.6 > probs[head]
