@@ -489,7 +489,7 @@ def test_ct_round_zero_drops_mask_voxels_of_the_surroundings_intensity():
         canvas = engine.ClassCanvas(image.shape)
         canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
         if strength:
-            engine.fuse_intensity(canvas, image, (1.0, 1.0, 1.0), strength, holds_a_box=False)
+            engine.fuse_intensity(canvas, image, (1.0, 1.0, 1.0), strength, only_lower_inside=False)
         mask = canvas.mask_full()
         assert mask[:, 6:14, 6:14].all() and not mask[:, :, :4].any()
         assert bool(mask[:, 8, 15].all()) == spill_kept
@@ -502,7 +502,8 @@ def test_ct_round_zero_drops_mask_voxels_of_the_surroundings_intensity():
 def test_a_container_class_only_loses_confidence_inside_its_mask():
     """A lung around a lesion: the lung's own intensity model must not make it surer inside its
     mask (it would outvote the lesion in the fusion), while missed voxels of its intensity
-    still come in; class_views marks the class whose box holds another's."""
+    still come in; class_views marks the class whose box holds another's, and the class whose
+    box covers most of its holder's (a skull in a head), which gets the same one-sided refit."""
     image = np.full((8, 20, 20), 200, np.uint8)
     image[:, 3:17, 3:17] = 20
     probs = np.full(image.shape, 0.1, np.float32)
@@ -520,6 +521,10 @@ def test_a_container_class_only_loses_confidence_inside_its_mask():
     case = Case("CT_x", image, np.ones(3), [ClassPrompts(big, [], [], []), ClassPrompts(small, [], [], []),
                                            ClassPrompts(None, [(1, 1, 1)], [], ["fg"])], None, 0, True)
     assert [v.holds_a_box for v in engine.class_views(case)] == [True, False, False]
+    assert not any(v.lining for v in engine.class_views(case))  # the small box is no layer of the big one
+    skull = Box.from_bounds((0, 3, 3), (7, 16, 16))  # most of the big box: a layer of its object
+    case = replace(case, prompts=[case.prompts[0], ClassPrompts(skull, [], [], [])])
+    assert [(v.holds_a_box, v.lining) for v in engine.class_views(case)] == [(True, False), (False, True)]
 
 
 def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
