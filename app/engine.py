@@ -45,7 +45,7 @@ CONFINE_SLACK_MM = 3.0  # ... plus this, with a soft edge of the same width
 CONFINE_REACH_MM = 60.0
 TWIN_IOU = 0.6          # classes whose boxes overlap this much are told apart by their clicks (click_refit)
 LINING_IOU = 0.4        # a box inside another's covering this much of it is a layer of that object (a skull, ribs)
-EDGE_STRENGTH = 2.0     # round 0 of a class with twins or box-filled: log-odds + 2 x weight x its box-edge model
+EDGE_STRENGTH = 2.0     # round 0 (CT, twins, box-filled): log-odds + 2 x weight x the box-edge model
 REFIT_STRENGTH = 4.0    # log-odds per unit of click_refit's log likelihood ratio (clipped at -3: flips a kept mask)
 BOX_FILL_P = 0.6        # round 0: a mask that misses a side of its box gets the box cuboid at this probability
 BOX_MISS = 0.05         # ... beyond the box's widening by more than this fraction of the box's size
@@ -424,9 +424,9 @@ def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box
     apart; relative to the twins' models, as a body's box edges hold bone too. Valset round 0,
     fused DSC (shipped weights, first version): lung1 bone 0.357 -> 0.672, lung2 bone 0.064 ->
     0.520, ICBM grey / white matter 0.476 / 0.530 -> 0.814 / 0.669 (csf 0.078 -> 0.000). And for
-    a class the box check
-    filled (fill_box): its mask was another object, and the edge model sees what lies where the
-    object meets its box, which for lung bases or a bone shell is not the box centre. And for
+    a class the box check filled (fill_box): its mask was another object, and the edge model
+    sees what lies where the object meets its box, which for lung bases or a bone shell is not
+    the box centre. And for
     every class on CT, where a grey level means one tissue everywhere (valset, with the above:
     AMOS DSC_AUC 3.045 -> 3.138, the 10 mm chest 3.338 -> 3.392, lung1 3.608 -> 3.592, its
     lesion's DSC_Final 0.898 -> 0.874). True when it ran."""
