@@ -47,6 +47,11 @@ eval: setup
 valset: setup
 	$(PY) -m harness.valset --out reports/valset
 
+# Procedural head CTs (soft tissue around a skull) through the official loop, engine only; see harness/headct.py.
+.PHONY: headct
+headct: setup
+	$(PY) -m harness.headct
+
 # Delivery image, on a machine with Docker and docker-squash (pip install docker-squash==1.2.2).
 # Not runnable on the CI machine (no Docker engine): there, `make container-test` builds and
 # runs the same Dockerfile with buildah/podman on a stand-in base.

@@ -43,11 +43,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from app.engine import run
 
+    scores = []
     with open(os.devnull, "w") as quiet:
         for seed in range(*args.seeds):
             record, _ = run_case(head_ct(seed), InProcessPredictor(run), True, log=quiet)
-            print(f"CT_head{seed}: DSC it0 {record['iterations'][0]['dsc']:.3f} DSC_AUC {record['dsc_auc']:.3f} "
-                  f"DSC_Final {record['dsc_final']:.3f}", flush=True)
+            scores.append((record["iterations"][0]["dsc"], record["dsc_auc"], record["dsc_final"]))
+            print(f"CT_head{seed}: DSC it0 {scores[-1][0]:.3f} DSC_AUC {scores[-1][1]:.3f} "
+                  f"DSC_Final {scores[-1][2]:.3f}", flush=True)
+    if scores:
+        it0, auc, final = np.mean(scores, axis=0)
+        print(f"mean of {len(scores)}: DSC it0 {it0:.3f} DSC_AUC {auc:.3f} DSC_Final {final:.3f}")
 
 
 if __name__ == "__main__":
