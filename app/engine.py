@@ -31,7 +31,7 @@ from app.experts import Expert, load_experts
 from app.fallback import fallback_labels
 from app.io import Box, Case, ClassPrompts
 from app.postprocess import StreamingFusion
-from app.prior import LLR_CLIP, box_prior, click_llr, edge_llr, grey_levels, intensity_llr
+from app.prior import LLR_CLIP, box_prior, box_widening, click_llr, edge_llr, grey_levels, intensity_llr
 from app.roi import Roi, prompt_bounds, window_at
 from app.state import RunState
 
@@ -504,8 +504,8 @@ def spans_its_box(canvas: ClassCanvas, box: Box) -> bool:
         return False
     ys, xs = np.nonzero(mask)
     height, width = mask.shape
-    slack_y = 5 * canvas.shape[1] // 256 + 1 + BOX_MISS * height
-    slack_x = 5 * canvas.shape[2] // 256 + 1 + BOX_MISS * width
+    slack_y = box_widening(canvas.shape[1]) + 1 + BOX_MISS * height
+    slack_x = box_widening(canvas.shape[2]) + 1 + BOX_MISS * width
     return (ys.min() <= slack_y and height - 1 - ys.max() <= slack_y
             and xs.min() <= slack_x and width - 1 - xs.max() <= slack_x)
 

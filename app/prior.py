@@ -63,11 +63,17 @@ def box_geometry(shape, box) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]
     return tuple(slice(a, b) for a, b in zip(lo, hi)), radius, in_z
 
 
-def histogram(levels: np.ndarray) -> np.ndarray:
+def histogram(levels: np.ndarray, pseudo_count: float = 0.5) -> np.ndarray:
     """Smoothed, normalised grey-level histogram; a pseudo-count keeps log ratios finite."""
     counts = np.bincount(levels.ravel(), minlength=BINS).astype(float)
-    counts = ndimage.gaussian_filter1d(counts, 1.0) + 0.5
+    counts = ndimage.gaussian_filter1d(counts, 1.0) + pseudo_count
     return counts / counts.sum()
+
+
+def box_widening(size: int) -> int:
+    """The organisers' largest widening of a side of the 2D box: int(5 x size / 256) voxels,
+    for an image `size` voxels across that axis."""
+    return 5 * size // 256
 
 
 def grey_levels(image: np.ndarray) -> np.ndarray:
@@ -168,12 +174,6 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
 EDGE_FLOOR = 1e-3  # a level seen on neither side of the box edge is no evidence (llr 0), whatever the sample sizes
 
 
-def density(levels: np.ndarray) -> np.ndarray:
-    """Smoothed, normalised grey-level histogram without a pseudo-count (edge_llr adds EDGE_FLOOR)."""
-    counts = ndimage.gaussian_filter1d(np.bincount(levels.ravel(), minlength=BINS).astype(float), 1.0)
-    return counts / counts.sum()
-
-
 def edge_llr(image: np.ndarray, box: Box) -> tuple[float, np.ndarray]:
     """The box-edge intensity model: its weight (the histograms' total variation) and the log
     likelihood ratio, per grey level (grey_levels), of the strips just inside the 2D box on z_mid
@@ -187,7 +187,7 @@ def edge_llr(image: np.ndarray, box: Box) -> tuple[float, np.ndarray]:
     has no ring and is left out (a body's box there holds the arms). Weight 0 when too little is left.
     """
     _, height, width = image.shape
-    sy, sx = 5 * height // 256 + 2, 5 * width // 256 + 2
+    sy, sx = box_widening(height) + 2, box_widening(width) + 2
     r = max(sy, sx, 4)
     y0, y1, x0, x1 = box.y_min, box.y_max, box.x_min, box.x_max
     strips, ring = np.zeros((height, width), bool), np.zeros((height, width), bool)
@@ -203,6 +203,6 @@ def edge_llr(image: np.ndarray, box: Box) -> tuple[float, np.ndarray]:
     if strips.sum() < 20 or ring.sum() < 20:
         return 0.0, np.zeros(BINS, np.float32)
     levels = grey_levels(image[box.z_mid])
-    inside, outside = density(levels[strips]), density(levels[ring])
+    inside, outside = histogram(levels[strips], 0.0), histogram(levels[ring], 0.0)  # EDGE_FLOOR instead
     llr = np.log((inside + EDGE_FLOOR) / (outside + EDGE_FLOOR)).astype(np.float32)  # unclipped: see fuse_edges
     return float(0.5 * np.abs(inside - outside).sum()), llr
