@@ -16,7 +16,7 @@ import torch
 
 from app.models.unet3d import build_unet
 from training import synth, train
-from training.interaction import jittered_box, perturbed_mask, sampled_click
+from training.interaction import MARGIN, jittered_box, other_click, perturbed_mask, sampled_click
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +125,56 @@ def test_boxes_and_perturbed_masks_stay_plausible():
     mask = perturbed_mask(rng, truth, np.array([2.0, 1.0, 1.0]))
     dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
     assert mask.shape == truth.shape and 0.2 < dice < 1.0
+
+
+def test_other_classes_click_inside_their_objects_and_claim_the_targets_voxels():
+    rng = np.random.default_rng(2)
+    other = np.zeros((20, 30, 30), bool)
+    other[4:16, 5:15, 5:25] = True
+    near = np.zeros_like(other)
+    near[4:16, 12:20, 5:25] = True  # the target's mask took three rows of the other object
+    box = jittered_box(rng, other)
+    lo, hi = box.bounds()
+    clicks = [other_click(rng, other, near, box) for _ in range(200)]
+    positives = [zyx for zyx, is_fg in clicks if is_fg]
+    negatives = [zyx for zyx, is_fg in clicks if not is_fg]
+    assert all(other[zyx] for zyx in positives) and not any(other[zyx] for zyx in negatives)
+    assert all(np.all(lo - MARGIN <= zyx) and np.all(np.array(zyx) <= hi + MARGIN) for zyx in negatives)
+    assert 0.45 < len(positives) / len(clicks) < 0.75
+    taken = np.mean([near[zyx] for zyx in positives])
+    assert 0.4 < taken < 0.8  # half drawn where the target took them, else anywhere (3 of 10 rows taken)
+
+
+def test_simulated_rounds_see_the_case_as_the_engine_does():
+    """The target's view in training is engine.class_views's view of the same multi-class case:
+    the other classes' boxes (parcels, twins) and their clicks of every round."""
+    from app import engine
+    from app.io import Case
+
+    cfg = train.TrainConfig(patch=16, precision="fp32", max_rounds=2)
+    case = synth.generate(np.random.default_rng(7), "mr")
+    ids = np.unique(case.labels)[1:]
+    assert len(ids) > 2
+    segmenter = train.segmenter_for(build_unet(), case, cfg)
+    seen_rounds = set()
+    for seed in range(8):
+        truth, view = train.simulate(np.random.default_rng(seed), case, segmenter, cfg)
+        target = int(ids[[np.array_equal(case.labels == i, truth) for i in ids].index(True)])
+        assert view.label == target and len(view.others) == len(ids) - 1
+        rounds = len(view.prompts.order) - (view.prompts.box is None)
+        seen_rounds.add(rounds)
+        assert all(len(o.order) == len(view.prompts.order) for o in view.others)  # every class clicks each round
+        assert all(case.labels[q] not in (0, target) for o in view.others for q in o.fg)
+        prompts = list(view.others)
+        prompts.insert(target - 1, view.prompts)
+        prev_pred = None if not view.has_prev else view.prev_mask().astype(np.uint8) * np.uint8(target)
+        file_case = Case("MR_t.npz", case.image, case.spacing, prompts, prev_pred, rounds, view.box is not None)
+        engine_view = engine.class_views(file_case)[target - 1]
+        assert (engine_view.parcel, engine_view.lining, engine_view.holds_a_box) == (
+            view.parcel, view.lining, view.holds_a_box)
+        assert engine_view.negatives == view.negatives and engine_view.claimed == view.claimed
+        assert len(engine_view.twins) == len(view.twins)
+    assert len(seen_rounds) > 1
 
 
 def _fixed_batch(cfg, model):

@@ -15,6 +15,8 @@ from app.io import Box
 from harness.official import MAX_BOX_SHIFT, box_from_mask, error_click, largest_component
 from training.synth import smooth_noise
 
+MARGIN = 3  # voxels around another class's box where its negative clicks may land
+
 
 def jittered_box(rng: np.random.Generator, mask: np.ndarray) -> Box:
     """An organiser-style box, sometimes widened further (annotators are not exact)."""
@@ -57,3 +59,27 @@ def perturbed_mask(rng: np.random.Generator, truth: np.ndarray, spacing) -> np.n
     if rng.random() < 0.3:
         mask = np.roll(mask, tuple(int(v) for v in rng.integers(-3, 4, 3)), axis=(0, 1, 2))
     return mask
+
+
+def other_click(rng: np.random.Generator, truth: np.ndarray, near: np.ndarray, box: Box | None):
+    """Another class's click in the round the target is clicked, as its own correction would put it.
+
+    Mostly positive, inside its object, and half of those where `near` (the target's mask) took it:
+    the voxels the target must give up. Else negative: outside its object, in its box or its
+    object's bounds widened by MARGIN voxels (an over-reach, often into a neighbour).
+    """
+    if rng.random() < 0.6:
+        taken = truth & near
+        pool = taken if rng.random() < 0.5 and taken.any() else truth
+        return random_voxel(rng, pool), True
+    lo, hi = box.bounds() if box is not None else (np.argwhere(truth).min(0), np.argwhere(truth).max(0))
+    region = np.zeros_like(truth)
+    region[tuple(slice(max(a - MARGIN, 0), b + MARGIN + 1) for a, b in zip(lo, hi))] = True
+    region &= ~truth
+    return (random_voxel(rng, region), False) if region.any() else (random_voxel(rng, truth), True)
+
+
+def random_voxel(rng: np.random.Generator, mask: np.ndarray) -> tuple[int, int, int]:
+    """A uniformly drawn voxel of a non-empty mask."""
+    flat = np.flatnonzero(mask)
+    return tuple(int(v) for v in np.unravel_index(flat[rng.integers(flat.size)], mask.shape))

@@ -9,7 +9,8 @@ Data: procedural cases (training.synth) mixed with folders of challenge-format l
 files (--data, training.data; by default the bundled real cases' training split), some
 relabelled by rule into touching parcels. Every sample replays
 0..max_rounds prompt rounds through the engine's own per-class predictor
-(app.engine.ClassSegmenter around the live model: autobox, RoI, regrowth, local pass), so
+(app.engine.ClassSegmenter around the live model: autobox, RoI, regrowth, local pass), in the
+multi-class case the engine would read (every class boxed and clicked each round), so
 training sees the masks the engine would make. Global samples are the RoI the engine takes
 next; local samples a native window at the newest click (or on the mask's boundary) with
 this round's global mask as the previous one, as in the engine's local pass.
@@ -35,8 +36,9 @@ import torch.distributed as dist
 from scipy import ndimage
 from torch.nn import functional as F
 
-from app.engine import ClassCanvas, ClassSegmenter, ClassView, case_options
+from app.engine import ClassCanvas, ClassSegmenter, ClassView, case_options, class_views
 from app.experts import Expert, autocast, cpu_has_bf16
+from app.io import Case, ClassPrompts
 from app.models.unet3d import build_unet, config_dict
 from app.prompts import encode
 from app.roi import crop, prompt_bounds, roi_around, to_patch, window_at
@@ -44,7 +46,7 @@ from harness import loop as harness_loop
 from harness.official import error_click
 from training import synth
 from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, parse_weights, resume_start
-from training.interaction import jittered_box, perturbed_mask, sampled_click
+from training.interaction import jittered_box, other_click, perturbed_mask, sampled_click
 
 
 # ----------------------------------------------------------------------------- defaults
@@ -131,34 +133,51 @@ def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
 
 
 def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
-    """A target and the class's view after 0..max_rounds engine rounds on its own predictions.
+    """A target and its class's view after 0..max_rounds engine rounds on its own predictions.
 
-    Box-less classes start as the organisers start them: one click at the object's centre.
+    The rounds run inside the multi-class case the engine would read (app.engine.class_views):
+    every class has its box, or starts as the organisers start a box-less class, with one click
+    at its centre; every round each other class gets a click too (training.interaction.other_click).
+    So the target meets what it meets at inference: twins, parcels and linings by their boxes,
+    and the others' positive clicks as its negatives and as voxels it must give up.
     The first previous mask is sometimes a perturbed truth, for variety beyond the model's errors.
     """
-    if getattr(case, "label_id", None) is not None:  # a data crop: its chosen label is 1 (training.data)
-        label = 1
-    else:
-        label = int(rng.choice(np.unique(case.labels)[1:]))
-    truth = case.labels == label
+    ids = [int(v) for v in np.unique(case.labels)[1:]]
+    target = 1 if getattr(case, "label_id", None) is not None else int(rng.choice(ids))  # a data crop's label is 1
+    truths = [case.labels == label for label in ids]
+    t = ids.index(target)
     use_box = rng.random() < (0.2 if case.no_box else 0.9)
-    box = jittered_box(rng, truth) if use_box else None
-    fg, bg, order, prev = [], [], [], None
-    if box is None:
-        fg.append(error_click(np.zeros_like(truth), truth)[0])
-        order.append("fg")
+    prompts = [ClassPrompts(jittered_box(rng, m) if use_box else None, [], [], []) for m in truths]
+    if not use_box:
+        for p, m in zip(prompts, truths):
+            p.fg.append(error_click(np.zeros_like(m), m)[0])
+            p.order.append("fg")
+    truth, mine, prev = truths[t], prompts[t], None
     rounds = int(rng.integers(1, cfg.max_rounds + 1)) if rng.random() < 0.7 else 0
     for _ in range(rounds):
-        if prev is None and box is not None and rng.random() < 0.25:
+        if prev is None and use_box and rng.random() < 0.25:
             prev = perturbed_mask(rng, truth, case.spacing)
         else:
-            prev = segmenter.segment(ClassView.single(box, fg, bg, order, prev))[0].mask_full()
+            prev = segmenter.segment(simulated_view(case, prompts, t, prev))[0].mask_full()
         click = sampled_click(rng, prev, truth, case.spacing)
         if click is None:
             break
-        (fg if click[1] else bg).append(click[0])
-        order.append("fg" if click[1] else "bg")
-    return truth, segmenter.prepare(ClassView.single(box, fg, bg, order, prev))
+        (mine.fg if click[1] else mine.bg).append(click[0])
+        mine.order.append("fg" if click[1] else "bg")
+        for o, (p, m) in enumerate(zip(prompts, truths)):
+            if o != t:
+                other = other_click(rng, m, prev, p.box)
+                (p.fg if other[1] else p.bg).append(other[0])
+                p.order.append("fg" if other[1] else "bg")
+    return truth, segmenter.prepare(simulated_view(case, prompts, t, prev))
+
+
+def simulated_view(case, prompts: list[ClassPrompts], t: int, prev: np.ndarray | None) -> ClassView:
+    """Class t's view of a case holding `prompts`, with `prev` (boolean) as its previous mask."""
+    prev_pred = None if prev is None or not prev.any() else prev.astype(np.uint8) * np.uint8(t + 1)
+    name = f"{synth.MODALITY_PREFIX[case.look]}_case"
+    has_boxes = prompts[t].box is not None
+    return class_views(Case(name, case.image, case.spacing, prompts, prev_pred, 0, has_boxes))[t]
 
 
 def global_sample(rng, case, model, cfg: TrainConfig):
