@@ -598,11 +598,18 @@ class ClassSegmenter:
 
     def prepare(self, view: ClassView) -> ClassView:
         """The view the experts see: an autobox for a box-less class known by a click, then the
-        box prior (app.prior) as the previous mask of a boxed class that has none."""
+        box prior (app.prior) as the previous mask of a boxed class that has none.
+
+        A class whose box holds another's (a body, a lung around a lesion) gets the prior with
+        open ends: where its box reaches the scan's first or last slice, the scan cut it, and a
+        taper there shrank the whole prior (on 15 slices of 10 mm, the body 0.66 DSC). Valset,
+        box cases: the 10 mm chest's body DSC it0 0.758 -> 0.959, AMOS body 0.928 -> 0.957, organ
+        DSC_AUC 3.635 -> 3.726; its bone, which the surer body now outbids, 0.748 -> 0.577. For
+        every class (lung bases and bones too) it cost AMOS's lung bases all (0.925 -> 0.000)."""
         view = self.with_autobox(view)
         if view.box is None or view.has_prev:
             return view
-        return view.with_prev(box_prior(self.image.numpy(), view.full_box(), self.spacing))
+        return view.with_prev(box_prior(self.image.numpy(), view.full_box(), self.spacing, view.holds_a_box))
 
     def follow_click(self, canvas: ClassCanvas, view: ClassView) -> bool:
         """The classical correction around the newest click (app.clickfix) on top of the network.

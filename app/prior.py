@@ -28,7 +28,7 @@ LLR_CLIP = 3.0
 MAX_VOXELS = 4e6  # larger boxes are estimated on an in-plane subsampled grid
 
 
-def box_prior(image: np.ndarray, box: Box, spacing) -> np.ndarray:
+def box_prior(image: np.ndarray, box: Box, spacing, open_ends: bool = False) -> np.ndarray:
     """The prior as a full boolean volume (empty when the box holds nothing).
 
     A box over MAX_VOXELS (a body on a 512 x 512 CT: 8 s and 1.4 GB at full resolution) is
@@ -38,7 +38,7 @@ def box_prior(image: np.ndarray, box: Box, spacing) -> np.ndarray:
     f = max(1, int(np.ceil(np.sqrt(np.prod(hi - lo + 1) / MAX_VOXELS))))
     small = Box(box.z_min, box.z_max, box.z_mid, box.y_min // f, box.y_max // f, box.x_min // f, box.x_max // f)
     spacing = np.asarray(spacing, float) * [1, f, f]
-    window, score = box_score(image[:, ::f, ::f], small, spacing)
+    window, score = box_score(image[:, ::f, ::f], small, spacing, open_ends)
     mask = np.zeros(image[:, ::f, ::f].shape, bool)
     mask[window] = score > 0
     if f == 1:
@@ -46,15 +46,20 @@ def box_prior(image: np.ndarray, box: Box, spacing) -> np.ndarray:
     return mask.repeat(f, 1).repeat(f, 2)[:, :image.shape[1], :image.shape[2]]
 
 
-def box_geometry(shape, box) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
-    """The RoI around a box, the normalised radius of the tapered ellipse, and the exact z range."""
+def box_geometry(shape, box, open_ends: bool = False) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """The RoI around a box, the normalised radius of the tapered ellipse, and the exact z range.
+
+    `open_ends`: no taper towards a box side on the scan's first or last slice (OPEN_ENDS)."""
     my, mx = max(3, (box.y_max - box.y_min + 1) // 3), max(3, (box.x_max - box.x_min + 1) // 3)
     lo = (max(box.z_min - 2, 0), max(box.y_min - my, 0), max(box.x_min - mx, 0))
     hi = (min(box.z_max + 3, shape[0]), min(box.y_max + my + 1, shape[1]), min(box.x_max + mx + 1, shape[2]))
     # float32 throughout: a body-sized box on a 512 x 512 x 300 CT is 78 M voxels
     z, y, x = (g.astype(np.float32) for g in np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))])
     dz = z - box.z_mid
-    half_z = np.where(dz < 0, box.z_mid - box.z_min + 1, box.z_max - box.z_mid + 1)
+    half_z = np.where(dz < 0, box.z_mid - box.z_min + 1, box.z_max - box.z_mid + 1).astype(np.float32)
+    if open_ends:
+        half_z[(dz < 0) & (box.z_min == 0)] = np.inf
+        half_z[(dz > 0) & (box.z_max == shape[0] - 1)] = np.inf
     taper = np.sqrt(np.clip(1.0 - (dz / half_z) ** 2, 0.0, 1.0))
     ry, rx = (box.y_max - box.y_min) / 2 + 0.5, (box.x_max - box.x_min) / 2 + 0.5
     planar = np.sqrt(((y - (box.y_min + box.y_max) / 2) / ry) ** 2 + ((x - (box.x_min + box.x_max) / 2) / rx) ** 2)
@@ -90,9 +95,9 @@ def intensity_llr(levels: np.ndarray, fg: np.ndarray, bg: np.ndarray, sigma) -> 
     return weight, llr
 
 
-def box_score(image: np.ndarray, box, spacing) -> tuple[tuple[slice, ...], np.ndarray]:
+def box_score(image: np.ndarray, box, spacing, open_ends: bool = False) -> tuple[tuple[slice, ...], np.ndarray]:
     """Shape log-odds plus intensity log-likelihood ratio in the box RoI; <= 0 off the object."""
-    window, radius, in_z = box_geometry(image.shape, box)
+    window, radius, in_z = box_geometry(image.shape, box, open_ends)
     levels = grey_levels(image[window])
     # capped inside, so that clear intensity evidence can carve the ellipse (its caps overshoot)
     prior = np.where(in_z, np.minimum(PRIOR_SLOPE * (1.0 - radius), PRIOR_CAP), -np.inf)

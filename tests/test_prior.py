@@ -1,5 +1,7 @@
 """The box prior (app.prior): the classical estimate the engine hands its network at round 0."""
 
+from dataclasses import replace
+
 import numpy as np
 
 from app import prior
@@ -47,6 +49,30 @@ def test_subsampled_prior_of_a_large_box_agrees_with_full_resolution(monkeypatch
     coarse = prior.box_prior(image, box, (2.0, 1.0, 1.0))
     assert coarse.shape == image.shape
     assert _dice(coarse, full) > 0.9
+
+
+def test_open_ends_keep_the_prior_full_where_the_scan_cuts_the_object():
+    """A bright cylinder cut by both ends of a 9-slice scan (a body on thick slices): the tapered
+    ellipsoid shrinks towards the end slices, the open-ended prior does not; a box that stops
+    before the scan's end tapers either way."""
+    rng = np.random.default_rng(2)
+    image = rng.normal(60, 12, (9, 64, 64))
+    _, yy, xx = np.ogrid[:9, :64, :64]
+    truth = np.broadcast_to(((yy - 32) / 24) ** 2 + ((xx - 32) / 22) ** 2 <= 1, image.shape).copy()
+    image[truth] += 20  # faint: the shape decides, as for fat and muscle against the air around a body
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    box = _box(truth)
+    tapered = prior.box_prior(image, box, (10.0, 1.0, 1.0))
+    opened = prior.box_prior(image, box, (10.0, 1.0, 1.0), open_ends=True)
+    assert _dice(opened, truth) > _dice(tapered, truth)
+    assert opened[0].sum() > 0.9 * truth[0].sum() > tapered[0].sum()
+    inner = Box.from_bounds(np.array([1, box.y_min, box.x_min]), np.array([7, box.y_max, box.x_max]), 4)
+    assert np.array_equal(prior.box_prior(image, inner, (10.0, 1.0, 1.0), open_ends=True),
+                          prior.box_prior(image, inner, (10.0, 1.0, 1.0)))
+    segmenter = ClassSegmenter(image, np.array([10.0, 1.0, 1.0]), None, None)
+    view = ClassView.single(box, [], [], [], None)
+    assert np.array_equal(segmenter.prepare(view).prev_mask(), tapered)
+    assert np.array_equal(segmenter.prepare(replace(view, holds_a_box=True)).prev_mask(), opened)  # a body
 
 
 def test_engine_hands_the_prior_over_only_to_boxed_classes_without_a_previous_mask():
