@@ -49,7 +49,8 @@ def box_prior(image: np.ndarray, box: Box, spacing, open_ends: bool = False) -> 
 def box_geometry(shape, box, open_ends: bool = False) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
     """The RoI around a box, the normalised radius of the tapered ellipse, and the exact z range.
 
-    `open_ends`: no taper towards a box side on the scan's first or last slice (OPEN_ENDS)."""
+    `open_ends`: no taper towards a box side on the scan's first or last slice, where the scan
+    cut the object (engine.ClassSegmenter.prepare: classes whose box holds another's)."""
     my, mx = max(3, (box.y_max - box.y_min + 1) // 3), max(3, (box.x_max - box.x_min + 1) // 3)
     lo = (max(box.z_min - 2, 0), max(box.y_min - my, 0), max(box.x_min - mx, 0))
     hi = (min(box.z_max + 3, shape[0]), min(box.y_max + my + 1, shape[1]), min(box.x_max + mx + 1, shape[2]))
