@@ -72,7 +72,11 @@ def other_click(rng: np.random.Generator, truth: np.ndarray, near: np.ndarray, b
         taken = truth & near
         pool = taken if rng.random() < 0.5 and taken.any() else truth
         return random_voxel(rng, pool), True
-    lo, hi = box.bounds() if box is not None else (np.argwhere(truth).min(0), np.argwhere(truth).max(0))
+    if box is not None:
+        lo, hi = box.bounds()
+    else:
+        coords = np.argwhere(truth)
+        lo, hi = coords.min(0), coords.max(0)
     region = np.zeros_like(truth)
     region[tuple(slice(max(a - MARGIN, 0), b + MARGIN + 1) for a, b in zip(lo, hi))] = True
     region &= ~truth

@@ -128,8 +128,12 @@ def look_probabilities(text: str) -> np.ndarray:
 def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
     """The engine's per-class predictor around the live model, as it would run on this case."""
     expert = Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg, model))
-    name = f"{synth.MODALITY_PREFIX[case.look]}_case"
-    return ClassSegmenter(case.image, case.spacing, expert, None, **case_options(name))
+    return ClassSegmenter(case.image, case.spacing, expert, None, **case_options(file_name(case)))
+
+
+def file_name(case) -> str:
+    """The name a challenge file of this case would have: its modality prefix picks the engine's options."""
+    return f"{synth.MODALITY_PREFIX[case.look]}_case"
 
 
 def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
@@ -162,22 +166,24 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
         click = sampled_click(rng, prev, truth, case.spacing)
         if click is None:
             break
-        (mine.fg if click[1] else mine.bg).append(click[0])
-        mine.order.append("fg" if click[1] else "bg")
+        add_click(mine, click)
         for o, (p, m) in enumerate(zip(prompts, truths)):
             if o != t:
-                other = other_click(rng, m, prev, p.box)
-                (p.fg if other[1] else p.bg).append(other[0])
-                p.order.append("fg" if other[1] else "bg")
+                add_click(p, other_click(rng, m, prev, p.box))
     return truth, segmenter.prepare(simulated_view(case, prompts, t, prev))
+
+
+def add_click(prompts: ClassPrompts, click: tuple[tuple[int, int, int], bool]) -> None:
+    """Append one (zyx, is_fg) click to a class's prompts, in order."""
+    (prompts.fg if click[1] else prompts.bg).append(click[0])
+    prompts.order.append("fg" if click[1] else "bg")
 
 
 def simulated_view(case, prompts: list[ClassPrompts], t: int, prev: np.ndarray | None) -> ClassView:
     """Class t's view of a case holding `prompts`, with `prev` (boolean) as its previous mask."""
     prev_pred = None if prev is None or not prev.any() else prev.astype(np.uint8) * np.uint8(t + 1)
-    name = f"{synth.MODALITY_PREFIX[case.look]}_case"
     has_boxes = prompts[t].box is not None
-    return class_views(Case(name, case.image, case.spacing, prompts, prev_pred, 0, has_boxes))[t]
+    return class_views(Case(file_name(case), case.image, case.spacing, prompts, prev_pred, 0, has_boxes))[t]
 
 
 def global_sample(rng, case, model, cfg: TrainConfig):
