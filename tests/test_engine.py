@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from app import engine
+from app import engine, prior
 from app.autobox import grown_bounds, touches_open_side
 from app.experts import Expert
 from app.io import Box, Case, ClassPrompts
@@ -715,3 +715,19 @@ def test_a_bone_just_under_the_skin_stays_the_bone_s_even_in_the_head_s_box_edge
         engine.fuse_edges(canvas, image, own, [twin], (1.0, 1.0, 1.0))
         probs[own] = canvas.probs.numpy()[6, 6, 20]  # a skull voxel
     assert probs[bone] > 0.6 > probs[head]
+
+
+def test_a_twin_relative_model_lowers_at_full_weight_though_its_box_edges_are_mostly_soft_tissue():
+    """Ribs are a sliver of their box's edge strips (a body-sized box): the bone's own edge model
+    is weak (small weight), but against its twin, the body, soft tissue is clearly not bone. A
+    network sure of the whole box (p 0.9) must lose the soft tissue and keep the ribs."""
+    image = np.full((12, 48, 48), 10, np.uint8)  # air
+    image[:, 2:46, 2:46] = 100  # soft tissue
+    for c in range(10, 38, 10):  # ribs: a few bright spots along the sides of the bone's box
+        image[:, 8:10, c:c + 2] = image[:, 38:40, c:c + 2] = image[:, c:c + 2, 8:10] = image[:, c:c + 2, 38:40] = 240
+    body, bone = Box(0, 11, 6, 2, 45, 2, 45), Box(0, 11, 6, 8, 39, 8, 39)
+    weight, _ = prior.edge_llr(image, bone)
+    assert weight < 0.3  # the own model alone would move a sure network by less than a logit
+    canvas = _full_canvas(np.full(image.shape, 0.9, np.float32))
+    assert engine.fuse_edges(canvas, image, bone, [body], (1.0, 1.0, 1.0))
+    assert canvas.probs[6, 20, 20] < 0.5 < canvas.probs[6, 8, 10]  # soft tissue out, a rib kept
