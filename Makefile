@@ -52,6 +52,11 @@ valset: setup
 headct: setup
 	$(PY) -m harness.headct
 
+# The valset's halved CT cases (lung1, AMOS) at native in-plane resolution, engine only; see harness/native.py.
+.PHONY: native
+native: setup
+	$(PY) -m harness.native
+
 # Delivery image, on a machine with Docker and docker-squash (pip install docker-squash==1.2.2).
 # Not runnable on the CI machine (no Docker engine): there, `make container-test` builds and
 # runs the same Dockerfile with buildah/podman on a stand-in base.

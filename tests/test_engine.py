@@ -731,3 +731,18 @@ def test_a_twin_relative_model_lowers_at_full_weight_though_its_box_edges_are_mo
     canvas = _full_canvas(np.full(image.shape, 0.9, np.float32))
     assert engine.fuse_edges(canvas, image, bone, [body], (1.0, 1.0, 1.0))
     assert canvas.probs[6, 20, 20] < 0.5 < canvas.probs[6, 8, 10]  # soft tissue out, a rib kept
+
+
+def test_a_round_zero_mask_unlike_its_box_edges_is_another_object_though_it_spans_the_box():
+    """Lung bases: air crescents at the sides of their box, soft tissue between them and around
+    the box. A mask of the soft tissue reaches every side, but its grey level is the ring's, not
+    the strips' own: another object. The crescents themselves are the object."""
+    image = np.full((12, 48, 48), 100, np.uint8)  # soft tissue
+    image[:, 10:38, 10:12] = image[:, 10:38, 36:38] = 10  # the air crescents, from side to side of the box
+    box = Box(0, 11, 6, 10, 37, 10, 37)
+    tissue = np.zeros(image.shape, np.float32)
+    tissue[:, 10:38, 10:38] = 0.9
+    tissue[image == 10] = 0.1
+    assert engine.spans_its_box(_full_canvas(tissue), box)  # the side check alone lets it pass
+    assert engine.unlike_its_box_edges(_full_canvas(tissue), image, box)
+    assert not engine.unlike_its_box_edges(_full_canvas((image == 10).astype(np.float32) * 0.9), image, box)
