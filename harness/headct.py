@@ -13,11 +13,10 @@ The engine's lining rule (app.engine.ClassView.lining) was chosen on seeds 0..5.
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 
-from harness.loop import InProcessPredictor, LabelledCase, run_case
+from harness.loop import LabelledCase, print_engine_scores
 
 SEED_BASE = 3_000_000
 SHAPE, SPACING = (48, 128, 128), np.array([2.5, 0.9, 0.9])  # (z, y, x) voxels and mm
@@ -41,18 +40,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 6], metavar=("FIRST", "END"))
     args = parser.parse_args(argv)
-    from app.engine import run
-
-    scores = []
-    with open(os.devnull, "w") as quiet:
-        for seed in range(*args.seeds):
-            record, _ = run_case(head_ct(seed), InProcessPredictor(run), True, log=quiet)
-            scores.append((record["iterations"][0]["dsc"], record["dsc_auc"], record["dsc_final"]))
-            print(f"CT_head{seed}: DSC it0 {scores[-1][0]:.3f} DSC_AUC {scores[-1][1]:.3f} "
-                  f"DSC_Final {scores[-1][2]:.3f}", flush=True)
-    if scores:
-        it0, auc, final = np.mean(scores, axis=0)
-        print(f"mean of {len(scores)}: DSC it0 {it0:.3f} DSC_AUC {auc:.3f} DSC_Final {final:.3f}")
+    print_engine_scores(head_ct(seed) for seed in range(*args.seeds))
 
 
 if __name__ == "__main__":

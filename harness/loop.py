@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,3 +214,23 @@ class InProcessPredictor:
         (path,) = input_dir.glob("*.npz")
         case = load_case(path)
         write_segs(output_dir / path.name, self.engine(case, None, float("inf")))
+
+
+def print_engine_scores(cases: Iterable[LabelledCase], detail: bool = False) -> None:
+    """Each case through the loop in box mode with the engine in-process (its log silenced): a
+    line per case (DSC it0, DSC_AUC, DSC_Final; `detail`: the shape and each class's DSC_AUC),
+    then their mean. The small benchmarks beside the valset (harness.headct, harness.native)."""
+    from app.engine import run
+
+    scores = []
+    with open(os.devnull, "w") as quiet:
+        for case in cases:
+            record, _ = run_case(case, InProcessPredictor(run), True, log=quiet)
+            scores.append((record["iterations"][0]["dsc"], record["dsc_auc"], record["dsc_final"]))
+            shape = f" {case.gts.shape}" if detail else ""
+            per_class = " (per class DSC_AUC " + " ".join(f"{c['dsc_auc']:.3f}" for c in record["per_class"]) + ")"
+            print(f"{case.name}{shape}: DSC it0 {scores[-1][0]:.3f} DSC_AUC {scores[-1][1]:.3f} "
+                  f"DSC_Final {scores[-1][2]:.3f}{per_class if detail else ''}", flush=True)
+    if scores:
+        it0, auc, final = np.mean(scores, axis=0)
+        print(f"mean of {len(scores)}: DSC it0 {it0:.3f} DSC_AUC {auc:.3f} DSC_Final {final:.3f}")

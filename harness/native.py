@@ -14,12 +14,9 @@ check let pass because that tissue spans their box. Same labelling rules as harn
 from __future__ import annotations
 
 import argparse
-import os
-
-import numpy as np
 
 from harness import valset
-from harness.loop import InProcessPredictor, LabelledCase, run_case
+from harness.loop import LabelledCase, print_engine_scores
 
 SOURCES = {"lung1": "CT_PyRadiomics_lung1", "amos": "CT_AMOS_amos_0018"}
 
@@ -42,23 +39,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=sorted(SOURCES), default=sorted(SOURCES))
     args = parser.parse_args(argv)
-    from app.engine import run
 
-    scores = []
-    with open(os.devnull, "w") as quiet:
+    def present():
         for key in args.cases:
             case = native_case(key)
             if case is None:
                 print(f"{SOURCES[key]}: source absent, skipped")
-                continue
-            record, _ = run_case(case, InProcessPredictor(run), True, log=quiet)
-            per_class = " ".join(f"{c['dsc_auc']:.3f}" for c in record["per_class"])
-            scores.append((record["iterations"][0]["dsc"], record["dsc_auc"], record["dsc_final"]))
-            print(f"{case.name} {case.gts.shape}: DSC it0 {scores[-1][0]:.3f} DSC_AUC {scores[-1][1]:.3f} "
-                  f"DSC_Final {scores[-1][2]:.3f} (per class DSC_AUC {per_class})", flush=True)
-    if scores:
-        it0, auc, final = np.mean(scores, axis=0)
-        print(f"mean of {len(scores)}: DSC it0 {it0:.3f} DSC_AUC {auc:.3f} DSC_Final {final:.3f}")
+            else:
+                yield case
+
+    print_engine_scores(present(), detail=True)
 
 
 if __name__ == "__main__":
