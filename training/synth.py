@@ -413,7 +413,7 @@ def truncate(rng: np.random.Generator, case: SynthCase) -> SynthCase:
     lo, hi = coords.min(0), coords.max(0)
     window = [slice(None)] * 3
     for axis in [0] + [a for a in (1, 2) if rng.random() < 0.3]:
-        cut = round(rng.uniform(0.1, 0.5) * (hi[axis] - lo[axis]))
+        cut = max(1, round(rng.uniform(0.1, 0.5) * (hi[axis] - lo[axis])))  # a thin object still runs out
         if rng.random() < 0.5:
             window[axis] = slice(lo[axis] + cut, None)
         else:
