@@ -52,7 +52,7 @@ valset: setup
 headct: setup
 	$(PY) -m harness.headct
 
-# The valset's halved CT cases (lung1, AMOS) at native in-plane resolution, engine only; see harness/native.py.
+# The valset's halved CT cases (lung1, AMOS) at native in-plane resolution and its ICBM lobar parcels at 2x, engine only; see harness/native.py.
 .PHONY: native
 native: setup
 	$(PY) -m harness.native
