@@ -205,12 +205,17 @@ def test_routing_rules():
     view = engine.ClassView(1, small, (np.array([2, 2, 2]), np.array([5, 5, 5])))
     assert _segment(BoxExpert(), view)[1] == ("global",)  # native RoI, no click
     assert _segment(BoxExpert(), view, prior_weight=0.4)[1] == ("global", "prior")  # round 0 of a box
-    clicked = replace(view, prompts=replace(small, fg=[(3, 3, 3)], order=["fg"]))
+    prev_pred = np.zeros((40, 40, 40), np.uint8)
+    prev_pred[2:6, 2:6, 2:6] = 1
+    clicked = replace(view, prompts=replace(small, fg=[(3, 3, 3)], order=["fg"]),
+                      prev_region=(slice(2, 6),) * 3, prev_pred=prev_pred)
     assert _segment(BoxExpert(), clicked)[1] == ("global",)  # the click is inside a native RoI
+    lost = replace(clicked, prev_region=None, prev_pred=None)  # clicked, but the fusion gave it no voxel
+    assert lost.lost and _segment(BoxExpert(), lost, prior_weight=0.4)[1][:2] == ("local", "global")
     assert _segment(BoxExpert(), clicked, confine=True)[1] == ("global", "confined")  # a mask and a new click
     boxless = replace(clicked, prompts=replace(clicked.prompts, box=None))
     assert "confined" not in _segment(BoxExpert(), boxless, confine=True)[1]  # box-less: the clicks define it
-    far = replace(view, prompts=replace(small, fg=[(30, 30, 30)], order=["fg"]))
+    far = replace(clicked, prompts=replace(small, fg=[(30, 30, 30)], order=["fg"]))
     # the click lies outside the RoI: a local pass; BoxExpert's window still leaves it wrong, so the guard edits
     assert _segment(BoxExpert(), far)[1] == ("global", "local")
     assert _segment(BoxExpert(), far, guard=True)[1] == ("global", "local", "clickfix")
@@ -231,7 +236,10 @@ def test_only_objects_the_trained_patch_must_zoom_get_the_larger_patch():
 
 def test_regrowth_replaces_the_canvas_and_a_zoomed_regrown_roi_gets_the_local_pass():
     prompts = ClassPrompts(Box(10, 13, 11, 10, 13, 10, 13), [(12, 12, 12)], [], ["fg"])
-    view = engine.ClassView(1, prompts, (np.array([10, 10, 10]), np.array([13, 13, 13])))
+    prev_pred = np.zeros((40, 40, 40), np.uint8)
+    prev_pred[10:14, 10:14, 10:14] = 1  # last round's mask: the box
+    view = engine.ClassView(1, prompts, (np.array([10, 10, 10]), np.array([13, 13, 13])), (slice(10, 14),) * 3,
+                            prev_pred)
     expert = GrowingExpert((6, 6, 6), (16, 16, 16))  # larger than its box and than the 8^3 patch
     canvas, steps, _ = _segment(expert, view)
     assert steps == ("global", "local")  # the first RoI was native; only the regrown one is zoomed
