@@ -73,6 +73,14 @@ def test_open_ends_keep_the_prior_full_where_the_scan_cuts_the_object():
     view = ClassView.single(box, [], [], [], None)
     assert np.array_equal(segmenter.prepare(view).prev_mask(), tapered)
     assert np.array_equal(segmenter.prepare(replace(view, holds_a_box=True)).prev_mask(), opened)  # a body
+    # the same object in a scan twice as wide and high covers a quarter of the slice: a lung
+    # holding a lesion, which tapers though the scan cuts it (engine.OPEN_AREA)
+    wide = np.zeros((9, 128, 128), np.uint8)
+    wide[:, :64, :64] = image
+    small = ClassSegmenter(wide, np.array([10.0, 1.0, 1.0]), None, None)
+    held = small.prepare(replace(view, holds_a_box=True)).prev_mask()
+    assert np.array_equal(held, prior.box_prior(wide, box, (10.0, 1.0, 1.0)))
+    assert held[0].sum() < prior.box_prior(wide, box, (10.0, 1.0, 1.0), open_ends=True)[0].sum()
 
 
 def test_engine_hands_the_prior_over_only_to_boxed_classes_without_a_previous_mask():
