@@ -424,7 +424,8 @@ def fuse_intensity(canvas: ClassCanvas, image: np.ndarray, spacing, strength: fl
     shift_logits(canvas, llr, strength * weight)
 
 
-def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box], spacing) -> bool:
+def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box], spacing,
+               past_widening: bool = False) -> bool:
     """Round 0: log-odds + EDGE_STRENGTH x weight x how much more the box-edge intensity model
     of `box` (app.prior.edge_llr) than any twin's claims a voxel's grey level, inside the box.
 
@@ -448,12 +449,13 @@ def fuse_edges(canvas: ClassCanvas, image: np.ndarray, box: Box, twins: list[Box
     0.784). Valset round 0 fused DSC, bone: lung1 0.621 -> 0.682, 10 mm chest 0.577 -> 0.841
     (TWIN_LOWERING 1 and 2 tried; 2: 0.664, 0.835); full loop, box DSC_AUC / DSC_Final 3.356 /
     0.851 -> 3.399 / 0.859 (bones 3.037 -> 3.579 and 2.329 -> 3.363, ICBM tissue 2.683 ->
-    2.723, nothing lower by 0.01), head CTs (harness.headct) 3.664 -> 3.671. True when it ran."""
-    weight, table = edge_llr(image, box)
+    2.723, nothing lower by 0.01), head CTs (harness.headct) 3.664 -> 3.671. `past_widening`
+    (CT): the strips past the widening band (app.prior.edge_llr). True when it ran."""
+    weight, table = edge_llr(image, box, past_widening)
     if weight == 0.0 or not canvas.probs.numel():
         return False
     if twins:  # compared unclipped: levels that both rings lack would saturate both models alike
-        table = table - np.max([edge_llr(image, b)[1] for b in twins], axis=0)
+        table = table - np.max([edge_llr(image, b, past_widening)[1] for b in twins], axis=0)
     table = np.clip(table, -LLR_CLIP, LLR_CLIP)
     if twins:  # lowering at TWIN_LOWERING, not at the own model's weight: see the docstring
         table = np.where(table < 0, table * (TWIN_LOWERING / weight), table)
@@ -540,11 +542,13 @@ def unlike_its_box_edges(canvas: ClassCanvas, image: np.ndarray, box: Box) -> bo
     object stops short of a side. At native resolution AMOS's lung bases got the soft tissue
     between them, which spans their box (round-0 DSC 0.001; 0.944 on the 2x downsampled valset
     case, where the network's mask stopped 8 voxels short). CT only (grey levels mean one
-    tissue): on MR the brain2 lesion's right mask scores -0.04. Mean over the masks of the
-    valset's CT box classes and their native-resolution versions: lung bases -0.23 and -0.31,
-    every other class 0.08 or more. UNLIKE_EDGES is -0.1, not 0, so that an organ of about its
+    tissue): on MR the brain2 lesion's right mask scores -0.04. With the strips past the
+    widening band (as fuse_edges on CT), mean over the round-0 masks of the valset's CT box
+    classes under widening seeds 2025, 7, 11 and 13, and of the native lung1 and AMOS: lung bases
+    -0.16 to -0.21, every other class 0.06 or more (with the strips at the box edge a lung1 class
+    fell below -0.1 under seed 13). UNLIKE_EDGES is -0.1, not 0, so that an organ of about its
     surroundings' density (a pancreas), whose mean sits near 0, keeps its mask."""
-    weight, table = edge_llr(image, box)
+    weight, table = edge_llr(image, box, past_widening=True)
     if weight == 0.0:
         return False
     levels = grey_levels(image[box.slices()][(canvas.window(box.slices()) > 0.5).numpy()])
@@ -616,7 +620,8 @@ class ClassSegmenter:
             steps = (*steps, "boxfill")
         twins = [t.box for t in view.twins if t.box is not None]
         if (from_prior and self.edges and view.prompts.box is not None and (twins or filled or not self.shared_tissue)
-                and fuse_edges(canvas, self.image.numpy(), view.prompts.box, twins, self.spacing)):
+                and fuse_edges(canvas, self.image.numpy(), view.prompts.box, twins, self.spacing,
+                               past_widening=not self.shared_tissue)):
             steps = (*steps, "edges")
         newest = view.prompts.newest_click
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):

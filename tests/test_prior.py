@@ -135,3 +135,19 @@ def test_edge_model_finds_what_meets_the_box_sides_and_skips_sides_at_the_image_
     levels = prior.grey_levels(np.array([230, 120, 20], np.uint8))
     assert weight > 0.1 and llr[levels[0]] > 1.0 and llr[levels[1]] < 0.0 and llr[levels[2]] < 0.5
     assert prior.edge_llr(image, Box(0, 4, 2, 0, 39, 0, 39))[0] == 0.0
+
+
+def test_edge_model_past_the_widening_band_sees_the_object_however_wide_the_box():
+    """A 256-wide scan allows a widening of 5 voxels per side. With the box widened the most,
+    the strips at the box edge hold mostly the surroundings, so their model hardly tells the
+    object (230) from them (120); the strips past the band hold the object alone."""
+    image = np.full((3, 256, 256), 120, np.uint8)
+    image[:, 60:200, 50:210] = 230
+    widest = Box(0, 2, 1, 55, 204, 45, 214)
+    w_edge, at_edge = prior.edge_llr(image, widest)
+    w_past, past = prior.edge_llr(image, widest, past_widening=True)
+    obj, around = prior.grey_levels(np.array([230, 120], np.uint8))
+    assert w_past > w_edge + 0.3 and past[obj] - past[around] > at_edge[obj] - at_edge[around] + 3.0
+    tight = Box(0, 2, 1, 60, 199, 50, 209)  # not widened: past the band the strips are still the object's
+    weight, tight_past = prior.edge_llr(image, tight, past_widening=True)
+    assert weight > 0.9 and tight_past[obj] > 1.0 > tight_past[around]
