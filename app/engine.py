@@ -621,7 +621,7 @@ class ClassSegmenter:
         twins = [t.box for t in view.twins if t.box is not None]
         if (from_prior and self.edges and view.prompts.box is not None and (twins or filled or not self.shared_tissue)
                 and fuse_edges(canvas, self.image.numpy(), view.prompts.box, twins, self.spacing,
-                               past_widening=not self.shared_tissue)):
+                               past_widening=not (self.shared_tissue or view.lining))):
             steps = (*steps, "edges")
         newest = view.prompts.newest_click
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):

@@ -197,8 +197,11 @@ def edge_llr(image: np.ndarray, box: Box, past_widening: bool = False) -> tuple[
     anywhere from none to most of the band's background: on the valset's three CT box cases
     under four widening seeds, the bodies and bones at round 0 swung with the draw (lung1 DSC
     it0 0.77 to 0.88, the 10 mm chest 0.74 to 0.92); past it, mean it0 0.815 -> 0.859 and the
-    full loop's DSC_AUC over seeds 2025 and 7 3.308 -> 3.463. Not elsewhere: the ICBM brain
-    box's deeper strips reach the white matter under the grey ribbon (it0 0.545 -> 0.506).
+    full loop's DSC_AUC over seeds 2025 and 7 3.308 -> 3.463. Not for a shell: past the band
+    a lining's strips (engine.ClassView.lining: a skull, ribs) reach what it encloses
+    (procedural head CT 1: skull DSC it0 0.830 -> 0.456; kept at the edge: 0.869, and the CT
+    cases' it0 stays 0.859), nor outside CT: the ICBM brain box's deeper strips reach the white
+    matter under the grey ribbon (it0 0.545 -> 0.506).
     """
     _, height, width = image.shape
     wy, wx = box_widening(height), box_widening(width)
