@@ -754,3 +754,25 @@ def test_a_round_zero_mask_unlike_its_box_edges_is_another_object_though_it_span
     assert engine.spans_its_box(_full_canvas(tissue), box)  # the side check alone lets it pass
     assert engine.unlike_its_box_edges(_full_canvas(tissue), image, box)
     assert not engine.unlike_its_box_edges(_full_canvas((image == 10).astype(np.float32) * 0.9), image, box)
+
+
+def test_on_ct_the_edge_model_looks_past_the_widening_except_for_a_lining(monkeypatch):
+    """fuse_edges on CT takes the strips past the widening band (app.prior.edge_llr), but a
+    lining (a skull in its head's box) keeps them at the box edge: deeper, a shell's strips
+    reach what it encloses. Outside CT, at the edge."""
+    image = np.random.default_rng(0).integers(0, 255, (8, 20, 20)).astype(np.uint8)
+    head, skull = Box.from_bounds((0, 2, 2), (7, 17, 17)), Box.from_bounds((0, 3, 3), (7, 16, 16))
+    seen = {}
+
+    def spy(canvas, image, box, twins, spacing, past_widening=False):
+        seen[box] = past_widening
+        return False
+
+    monkeypatch.setattr(engine, "fuse_edges", spy)
+    for name in ("CT_x", "MR_x"):
+        case = Case(name, image, np.ones(3), [ClassPrompts(head, [], [], []), ClassPrompts(skull, [], [], [])],
+                    None, 0, True)
+        segmenter = engine.ClassSegmenter(image, np.ones(3), BoxExpert(), None, **engine.case_options(name))
+        for view in engine.class_views(case):
+            segmenter.segment(view)
+        assert seen == {head: name == "CT_x", skull: False}
