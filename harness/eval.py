@@ -25,6 +25,7 @@ import numpy as np
 
 from app.__main__ import DEFAULT_ENGINE
 from harness import loop, report
+from harness.official import BOX_SEED
 
 PREDICTORS = {
     "engine": None,  # whatever the entrypoint runs by default
@@ -60,7 +61,8 @@ def jobs_for(cases: list[Path], predictors: list[str], no_box: bool, both: bool)
     return jobs
 
 
-def run_job(job: tuple, out: Path, container: str | None, timeout: float, in_process: bool = False) -> dict:
+def run_job(job: tuple, out: Path, container: str | None, timeout: float, in_process: bool = False,
+            box_seed: int = BOX_SEED) -> dict:
     path, box_mode, name = job
     start = time.perf_counter()
     engine = PREDICTORS.get(name, name)  # a 'module:function' name runs that function
@@ -71,7 +73,7 @@ def run_job(job: tuple, out: Path, container: str | None, timeout: float, in_pro
     else:
         predictor = loop.ProcessPredictor(engine=engine, container=container, timeout=timeout)
     mode = "box" if box_mode else "no-box"
-    record, preds = loop.run_case(case, predictor, box_mode, label=f"{case.name} {name} {mode}")
+    record, preds = loop.run_case(case, predictor, box_mode, label=f"{case.name} {name} {mode}", box_seed=box_seed)
     pred_path = (out / "preds" / f"{case.name}__{mode}__{name.replace(':', '.')}.npz").resolve()
     pred_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(pred_path, final=preds[max(preds)], first=preds[min(preds)])
@@ -108,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--in-process", action="store_true",
                     help="call the predictor in this process without a deadline (quick tuning; no timing, no watchdog)")
+    ap.add_argument("--box-seed", type=int, default=BOX_SEED,
+                    help="seed of the boxes' random widening (the organisers' is 2025; others test rules tuned on it)")
     ap.add_argument("--out", type=Path, default=loop.REPO / "reports/eval")
     return ap.parse_args(argv)
 
@@ -119,7 +123,7 @@ def main(argv=None) -> None:
     index, count = (int(v) for v in args.shard.split("/"))
     jobs = jobs_for(cases, predictors, args.no_box, args.both_modes)[index::count]
     print(f"{len(jobs)} jobs: {len(cases)} cases x {predictors}", file=sys.stderr, flush=True)
-    tasks = [(job, args.out, args.container, args.timeout, args.in_process) for job in jobs]
+    tasks = [(job, args.out, args.container, args.timeout, args.in_process, args.box_seed) for job in jobs]
     if args.workers > 1:
         with multiprocessing.Pool(args.workers) as pool:
             records = list(pool.imap_unordered(_run_job, tasks))

@@ -95,3 +95,19 @@ def test_classical_segments_bright_spheres_with_and_without_boxes():
     boxless, _ = run_case(case, InProcessPredictor(classical.run), False)
     assert boxed["dsc_iter0"] > 0.85 and boxed["dsc_final"] > 0.85
     assert boxless["dsc_final"] > 0.7
+
+
+def test_another_box_seed_draws_other_widenings_and_the_default_is_the_organisers():
+    """--box-seed: the same loop with other random box widenings (a 256-wide scan allows up to 5
+    voxels per side), to test rules that were tuned on the organisers' seed-2025 boxes."""
+    shape = (12, 256, 256)
+    gts = np.zeros(shape, np.uint8)
+    for label, centre in enumerate([(6, 60, 60), (6, 128, 128), (6, 190, 190), (6, 60, 190)], start=1):
+        gts[sphere(shape, centre, 5)] = label
+    case = LabelledCase("MR_wide", np.zeros(shape, np.uint8), gts, np.ones(3))
+    boxes = {}
+    for seed in (2025, 7, None):
+        kwargs = {} if seed is None else {"box_seed": seed}
+        record, _ = run_case(case, InProcessPredictor(lambda c, state, deadline: gts), True, **kwargs)
+        boxes[seed] = record["boxes"]
+    assert boxes[None] == boxes[2025] != boxes[7]
