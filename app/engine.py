@@ -144,6 +144,12 @@ class ClassView:
         return self.prompts.box is not None and not self.has_prev and bool(self.prompts.fg)
 
     @property
+    def starts_at_click(self) -> bool:
+        """No previous mask and no box to start from (box-less, or lost): the global pass looks
+        at a native window at the newest positive click first (ClassSegmenter.global_pass)."""
+        return not self.has_prev and (self.box is None or self.lost)
+
+    @property
     def frozen(self) -> bool:
         return self.has_prev and bool(self.prompts.order) and not self.prompts.has_new_click
 
@@ -543,7 +549,7 @@ def unlike_its_box_edges(canvas: ClassCanvas, image: np.ndarray, box: Box) -> bo
     between them, which spans their box (round-0 DSC 0.001; 0.944 on the 2x downsampled valset
     case, where the network's mask stopped 8 voxels short). CT only (grey levels mean one
     tissue): on MR the brain2 lesion's right mask scores -0.04. With the strips past the
-    widening band (as fuse_edges on CT), mean over the round-0 masks of the valset's CT box
+    widening band (as fuse_edges on CT, there except for linings), mean over the round-0 masks of the valset's CT box
     classes under widening seeds 2025, 7, 11 and 13, and of the native lung1 and AMOS: lung bases
     -0.16 to -0.21, every other class 0.06 or more (with the strips at the box edge a lung1 class
     fell below -0.1 under seed 13). UNLIKE_EDGES is -0.1, not 0, so that an organ of about its
@@ -721,7 +727,7 @@ class ClassSegmenter:
         canvas, steps = ClassCanvas(self.shape), ()
         prev = view.prev_mask()
         bounds = view.bounds()
-        if prev is None and (view.box is None or view.lost):
+        if view.starts_at_click:
             if not p.fg:
                 return canvas, None, ()
             self.local_pass(canvas, view, p.fg[-1])

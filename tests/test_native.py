@@ -1,4 +1,5 @@
-"""harness.native: the validation set's halved CT cases at their sources' native resolution."""
+"""harness.native: the validation set's halved CT cases at their sources' native resolution, and
+its ICBM lobar parcels at 1 mm."""
 
 import numpy as np
 import pytest

@@ -74,8 +74,9 @@ def blob(rng, shape, spacing, centre_mm, radii_mm, wobble: float) -> np.ndarray:
 def random_grid(rng: np.random.Generator, thick_slices: bool):
     """A scan's (D, H, W) and spacing (mm). Half of the scenes get a finer grid over the same
     millimetres (up to 2x the voxels per axis, 256 in-plane): the challenge sends CT at native
-    512^2, where a large object is zoomed ~4x into the global patch, and with at most 128 voxels
-    in-plane the network never saw that (native lung1's right lung 0.903 vs 0.955 halved)."""
+    512^2 and MR brains at about 1 mm, where a large object is zoomed ~4x into the global patch,
+    and with at most 128 voxels in-plane the network never saw that (the ICBM lobar parcels at
+    1 mm: DSC it0 0.821, at 2 mm 0.846)."""
     in_plane = rng.uniform(0.6, 2.0)
     ratio = rng.uniform(2.0, 6.0) if thick_slices else rng.uniform(1.0, 1.5)
     finer = rng.uniform(1.0, 2.0) if rng.random() < 0.5 else 1.0

@@ -192,7 +192,7 @@ def global_sample(rng, case, model, cfg: TrainConfig):
     truth, view = simulate(rng, case, segmenter, cfg)
     p = view.prompts
     prev = view.prev_mask()
-    if prev is None and (view.box is None or view.lost):  # the engine looks at a native window at the click first
+    if view.starts_at_click:  # the engine looks at a native window at the click first
         canvas = ClassCanvas(case.image.shape)
         segmenter.local_pass(canvas, view, p.fg[-1])
         prev = canvas.mask_full()
