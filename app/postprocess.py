@@ -4,6 +4,11 @@ Each class is segmented on its own (one sigmoid per class), so overlaps must be 
 background = prod_c (1 - p_c), label = argmax over [background, p_1, ..., p_K] (paper 000).
 Kept as three running volumes (log-background sum, best probability, best label) so that
 memory does not grow with K: a 100-class case costs what a 1-class case costs.
+
+A class may bring a `penalty` (log-odds) that lowers its bid in the argmax only, not its share
+of the background: touching parcels of one tissue, whose masks overlap, bid by how deep in
+their own box a voxel lies (engine.parcel_penalty). The running bid volume is made on the
+first penalty; until then the bid is the probability itself.
 """
 
 from __future__ import annotations
@@ -19,14 +24,24 @@ class StreamingFusion:
         self.log_background = torch.zeros(shape, dtype=torch.float32)
         self.best_prob = torch.zeros(shape, dtype=torch.float32)
         self.best_label = torch.zeros(shape, dtype=torch.uint8)
+        self.best_bid: torch.Tensor | None = None  # log-odds less penalty, once a class brings one
 
-    def add(self, label: int, probs: torch.Tensor, region: tuple[slice, slice, slice]) -> None:
-        """Fold one class's probabilities on `region` of the image in (zero elsewhere)."""
+    def add(self, label: int, probs: torch.Tensor, region: tuple[slice, slice, slice],
+            penalty: torch.Tensor | None = None) -> None:
+        """Fold one class's probabilities on `region` of the image in (zero elsewhere);
+        `penalty` (on `region`) lowers its bid for the argmax."""
         probs = probs.to(torch.float32).clamp(0.0, 1.0 - EPS)
         self.log_background[region] += torch.log1p(-probs)
-        best = self.best_prob[region]
-        better = probs > best
-        best[better] = probs[better]
+        if penalty is not None and self.best_bid is None:
+            self.best_bid = torch.logit(self.best_prob, eps=EPS)
+        if self.best_bid is None:
+            better = probs > self.best_prob[region]
+        else:
+            bid = torch.logit(probs, eps=EPS) - (0.0 if penalty is None else penalty)
+            best_bid = self.best_bid[region]
+            better = (bid > best_bid) & (probs > 0)
+            best_bid[better] = bid[better]
+        self.best_prob[region][better] = probs[better]
         self.best_label[region][better] = label
 
     def labels(self) -> np.ndarray:

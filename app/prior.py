@@ -54,19 +54,28 @@ def box_geometry(shape, box, open_ends: bool = False) -> tuple[tuple[slice, ...]
     my, mx = max(3, (box.y_max - box.y_min + 1) // 3), max(3, (box.x_max - box.x_min + 1) // 3)
     lo = (max(box.z_min - 2, 0), max(box.y_min - my, 0), max(box.x_min - mx, 0))
     hi = (min(box.z_max + 3, shape[0]), min(box.y_max + my + 1, shape[1]), min(box.x_max + mx + 1, shape[2]))
+    window = tuple(slice(a, b) for a, b in zip(lo, hi))
+    radius, in_z = box_radius(box, window, shape[0] if open_ends else None)
+    return window, radius, in_z
+
+
+def box_radius(box, window: tuple[slice, ...], open_depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised radius of the box's tapered ellipse (1 on its surface) on an image window,
+    and the box's exact z range there; `open_depth`: the scan's slice count, to leave the ends
+    the scan cut open (box_geometry)."""
     # float32 throughout: a body-sized box on a 512 x 512 x 300 CT is 78 M voxels
-    z, y, x = (g.astype(np.float32) for g in np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))])
+    z, y, x = (g.astype(np.float32) for g in np.ogrid[window])
     dz = z - box.z_mid
     half_z = np.where(dz < 0, box.z_mid - box.z_min + 1, box.z_max - box.z_mid + 1).astype(np.float32)
-    if open_ends:
+    if open_depth is not None:
         half_z[(dz < 0) & (box.z_min == 0)] = np.inf
-        half_z[(dz > 0) & (box.z_max == shape[0] - 1)] = np.inf
+        half_z[(dz > 0) & (box.z_max == open_depth - 1)] = np.inf
     taper = np.sqrt(np.clip(1.0 - (dz / half_z) ** 2, 0.0, 1.0))
     ry, rx = (box.y_max - box.y_min) / 2 + 0.5, (box.x_max - box.x_min) / 2 + 0.5
     planar = np.sqrt(((y - (box.y_min + box.y_max) / 2) / ry) ** 2 + ((x - (box.x_min + box.x_max) / 2) / rx) ** 2)
     radius = planar / np.maximum(taper, 1e-3)
     in_z = np.broadcast_to((z >= box.z_min) & (z <= box.z_max), radius.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi)), radius, in_z
+    return radius, in_z
 
 
 def histogram(levels: np.ndarray, pseudo_count: float = 0.5) -> np.ndarray:

@@ -153,6 +153,48 @@ def test_streaming_fusion_equals_the_dense_formula():
     assert np.array_equal(fusion.labels(), expected)
 
 
+def test_a_penalty_lowers_a_class_bid_in_the_argmax_but_not_its_share_of_the_background():
+    rng = np.random.default_rng(2)
+    k, shape = 4, (5, 6, 7)
+    probs = rng.random((k,) + shape).astype(np.float32)
+    penalties = rng.random((k,) + shape).astype(np.float32) * 3
+    penalties[:2] = 0  # the first two classes bring none: the bid volume starts at the third
+    fusion = StreamingFusion(shape)
+    region = (slice(0, 5), slice(0, 6), slice(0, 7))
+    for c in range(k):
+        fusion.add(c + 1, torch.from_numpy(probs[c]), region, torch.from_numpy(penalties[c]) if c >= 2 else None)
+    bids = np.log(probs / (1 - probs)) - penalties
+    best = np.argmax(bids, axis=0)
+    background = np.prod(1 - probs, axis=0)
+    chosen = np.take_along_axis(probs, best[None], 0)[0]
+    expected = np.where(chosen > background, best + 1, 0).astype(np.uint8)
+    assert np.array_equal(fusion.labels(), expected)
+    assert (expected != np.argmax(np.concatenate([background[None], probs]), axis=0)).any()  # the penalty mattered
+
+
+def test_overlapping_parcels_of_one_tissue_share_their_overlap_by_depth_in_their_boxes():
+    """Two touching parcels whose masks both claim the whole overlap of their boxes at p 0.9 and
+    0.91: the plain argmax gives it all to the surer one, the parcel penalty splits it at the
+    middle. On CT (no shared tissue) and for a class that is no parcel, no penalty."""
+    image = np.zeros((12, 12, 24), np.uint8)
+    left, right = Box.from_bounds((0, 0, 0), (11, 11, 13)), Box.from_bounds((0, 0, 10), (11, 11, 23))
+    case = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), ClassPrompts(right, [], [], [])],
+                None, 0, True)
+    views = engine.class_views(case)
+    fusion, plain = StreamingFusion(image.shape), StreamingFusion(image.shape)
+    for view, (lo, hi), p in zip(views, [(0, 14), (10, 24)], (0.9, 0.91)):
+        canvas = engine.ClassCanvas(image.shape)
+        canvas.probs = torch.full((12, 12, hi - lo), p)
+        canvas.lo, canvas.hi = np.array([0, 0, lo]), np.array([12, 12, hi])
+        penalty = engine.parcel_penalty(view, canvas, shared_tissue=True)
+        assert penalty is not None and engine.parcel_penalty(view, canvas, shared_tissue=False) is None
+        fusion.add(view.label, canvas.probs, canvas.region(), penalty)
+        plain.add(view.label, canvas.probs, canvas.region())
+    centre = (6, 6)
+    assert list(plain.labels()[centre][10:14]) == [2, 2, 2, 2]
+    assert list(fusion.labels()[centre][10:14]) == [1, 1, 2, 2]
+
+
 # ----------------------------------------------------------------------------- routing and scheduling
 def _view(box=True, prev=False, fg=(), bg=(), order=()):
     prompts = ClassPrompts(Box(2, 5, 3, 2, 5, 2, 5) if box else None, list(fg), list(bg), list(order))
