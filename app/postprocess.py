@@ -2,13 +2,16 @@
 
 Each class is segmented on its own (one sigmoid per class), so overlaps must be resolved:
 background = prod_c (1 - p_c), label = argmax over [background, p_1, ..., p_K] (paper 000).
-Kept as three running volumes (log-background sum, best probability, best label) so that
-memory does not grow with K: a 100-class case costs what a 1-class case costs.
+Kept as running volumes (log-background sum, best probability, best label) so that memory
+does not grow with K: a 100-class case costs what a 1-class case costs.
 
 A class may bring a `penalty` (log-odds) that lowers its bid in the argmax only, not its share
 of the background: touching parcels of one tissue, whose masks overlap, bid by how deep in
-their own box a voxel lies (engine.parcel_penalty). The running bid volume is made on the
-first penalty; until then the bid is the probability itself.
+their own box a voxel lies (engine.parcel_penalty). A penalty reorders sure claims only: where
+a class has p > 0.5 its bid stays above every unsure class's (floored at CONFIDENT_FLOOR x its
+log-odds, which keeps the order of the probabilities), so a voxel that only a penalised class is
+sure of is not handed to a class that gives it 2 %. A fourth volume, the running bid, is made
+on the first penalty; until then the bid is the probability itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 EPS = 1e-6
+CONFIDENT_FLOOR = 0.01
 
 
 class StreamingFusion:
@@ -37,9 +41,11 @@ class StreamingFusion:
         if self.best_bid is None:
             better = probs > self.best_prob[region]
         else:
-            bid = torch.logit(probs, eps=EPS) - (0.0 if penalty is None else penalty)
+            bid = torch.logit(probs, eps=EPS)
+            if penalty is not None:
+                bid = torch.where(bid > 0, torch.maximum(bid - penalty, CONFIDENT_FLOOR * bid), bid)
             best_bid = self.best_bid[region]
-            better = (bid > best_bid) & (probs > 0)
+            better = bid > best_bid
             best_bid[better] = bid[better]
         self.best_prob[region][better] = probs[better]
         self.best_label[region][better] = label

@@ -12,7 +12,7 @@ from app import engine, prior
 from app.autobox import grown_bounds, touches_open_side
 from app.experts import Expert
 from app.io import Box, Case, ClassPrompts
-from app.postprocess import StreamingFusion
+from app.postprocess import CONFIDENT_FLOOR, StreamingFusion
 from app.prompts import box_channel, click_channel, encode, in_plane_fraction
 from app.roi import Roi, crop, crop_image, from_patch, prompt_bounds, roi_around, to_patch, window_at, zoom_factors
 from app.state import RunState
@@ -153,29 +153,44 @@ def test_streaming_fusion_equals_the_dense_formula():
     assert np.array_equal(fusion.labels(), expected)
 
 
-def test_a_penalty_lowers_a_class_bid_in_the_argmax_but_not_its_share_of_the_background():
+def test_a_penalty_lowers_a_sure_class_bid_in_the_argmax_but_not_its_share_of_the_background():
+    """The dense formula: bid = log-odds, less the penalty where p > 0.5 but not below
+    CONFIDENT_FLOOR x the log-odds; the best bid's class wins where its p beats the product
+    background. Classes on parts of the image, some probabilities 0, penalised classes between
+    unpenalised ones (the bid volume starts at the first penalty)."""
     rng = np.random.default_rng(2)
-    k, shape = 4, (5, 6, 7)
+    k, shape = 5, (6, 7, 8)
     probs = rng.random((k,) + shape).astype(np.float32)
-    penalties = rng.random((k,) + shape).astype(np.float32) * 3
-    penalties[:2] = 0  # the first two classes bring none: the bid volume starts at the third
+    probs[probs < 0.2] = 0
+    penalties = np.zeros((k,) + shape, np.float32)
     fusion = StreamingFusion(shape)
-    region = (slice(0, 5), slice(0, 6), slice(0, 7))
     for c in range(k):
-        fusion.add(c + 1, torch.from_numpy(probs[c]), region, torch.from_numpy(penalties[c]) if c >= 2 else None)
-    bids = np.log(probs / (1 - probs)) - penalties
+        region = tuple(slice(int(a), int(a) + 5) for a in rng.integers(0, 2, 3))
+        dense = np.zeros(shape, np.float32)
+        dense[region] = probs[c][region]
+        probs[c] = dense
+        penalty = None
+        if c in (1, 3):
+            penalties[c][region] = rng.random((5, 5, 5)) * 3
+            penalty = torch.from_numpy(penalties[c][region])
+        fusion.add(c + 1, torch.from_numpy(dense[region]), region, penalty)
+    odds = np.log(np.clip(probs, 1e-6, None) / (1 - probs))
+    bids = np.where(odds > 0, np.maximum(odds - penalties, CONFIDENT_FLOOR * odds), odds)
     best = np.argmax(bids, axis=0)
     background = np.prod(1 - probs, axis=0)
     chosen = np.take_along_axis(probs, best[None], 0)[0]
     expected = np.where(chosen > background, best + 1, 0).astype(np.uint8)
     assert np.array_equal(fusion.labels(), expected)
     assert (expected != np.argmax(np.concatenate([background[None], probs]), axis=0)).any()  # the penalty mattered
+    sure_only = np.take_along_axis(probs, (np.argmax(probs, axis=0))[None], 0)[0] > 0.5
+    assert (chosen[sure_only] > 0.5).all()  # where some class is sure, a sure class wins
 
 
 def test_overlapping_parcels_of_one_tissue_share_their_overlap_by_depth_in_their_boxes():
     """Two touching parcels whose masks both claim the whole overlap of their boxes at p 0.9 and
     0.91: the plain argmax gives it all to the surer one, the parcel penalty splits it at the
-    middle. On CT (no shared tissue) and for a class that is no parcel, no penalty."""
+    middle. On CT (no shared tissue) and for a class that is no parcel (a box inside another's), no
+    penalty."""
     image = np.zeros((12, 12, 24), np.uint8)
     left, right = Box.from_bounds((0, 0, 0), (11, 11, 13)), Box.from_bounds((0, 0, 10), (11, 11, 23))
     case = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), ClassPrompts(right, [], [], [])],
@@ -193,6 +208,10 @@ def test_overlapping_parcels_of_one_tissue_share_their_overlap_by_depth_in_their
     centre = (6, 6)
     assert list(plain.labels()[centre][10:14]) == [2, 2, 2, 2]
     assert list(fusion.labels()[centre][10:14]) == [1, 1, 2, 2]
+    small = ClassPrompts(Box.from_bounds((2, 2, 2), (5, 5, 5)), [], [], [])
+    nested = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), small], None, 0, True)
+    inner = engine.class_views(nested)[1]
+    assert not inner.parcel and engine.parcel_penalty(inner, canvas, shared_tissue=True) is None
 
 
 # ----------------------------------------------------------------------------- routing and scheduling
