@@ -584,9 +584,11 @@ def parcel_penalty(view: ClassView, canvas: ClassCanvas, shared_tissue: bool) ->
     the normalised radius of its box's tapered ellipse (app.prior.box_radius). Where touching
     parcels' masks overlap, the voxel goes to the one in whose box it lies deeper: the boxes are
     all that tells one tissue apart. Why: on 1 mm the network's parcel masks overlap more, and
-    the plain argmax cost the ICBM lobar parcels 0.025 at round 0 against 2 mm (engine 0.821,
-    with this 0.846 at widening seed 2025; 2 mm 0.846 -> 0.854). The box-deepest claimant for
-    every class instead collapsed lesions and organs in or beside other boxes (README).
+    the plain argmax cost the ICBM lobar parcels 0.025 at round 0 against 2 mm (0.821; with this
+    0.843; 2 mm 0.846 -> 0.852). Valset DSC_AUC: lobar parcels 3.476 -> 3.503, cortex parcels
+    3.140 -> 3.179, PET 3.485 -> 3.475 (its lesions' boxes partly overlap organs'). The
+    box-deepest claimant for every class instead collapsed lesions and organs in or beside other
+    boxes (README).
     None for any other class."""
     if not (view.parcel and shared_tissue and view.prompts.box is not None and canvas.probs.numel()):
         return None
