@@ -17,7 +17,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-GENERATOR_VERSION = 7  # v7: half the scenes on a finer grid (up to 2x the voxels per mm in-plane, 256 voxels)
+GENERATOR_VERSION = 8  # v8: brain scenes (folded grey ribbon over white matter, CSF sulci, atlas-like parcels)
+# v7: half the scenes on a finer grid (up to 2x the voxels per mm in-plane, 256 voxels)
 # v6: trunk CT scenes (a body filling the scan, lungs, ribs and spine, gas, abdominal organs)
 # v5: 35 % of box scenes cut by the field of view (objects running out of the scan)
 # v4: crescent organs (concave, the box centre outside them), the body around the organs as a class
@@ -145,6 +146,91 @@ def head_scene(rng, shape, spacing):
     else:
         labels[brain] = 3
     return _relabel(labels), head
+
+
+# brain-scene tissues, rendered with per-look means (brain_means); 0 is outside
+SCALP, SKULL, CSF, GREY, WHITE = range(1, 6)
+
+
+def brain_scene(rng, shape, spacing):
+    """A brain of grey and white matter under a skull, parcellated the way real atlases are:
+    lobes that hold a folded grey ribbon over white matter with dark CSF in the sulci, cortex
+    parcels with the white matter as one class, the three tissues, or the whole brain; in 30 %
+    skull-stripped. Why: the independent set's MR brains are parcellated into 10-20 regions of
+    two tissues each, and the head scene's parcels were one flat intensity. Returns the labels
+    and the tissue map (render it with brain_means)."""
+    extent = np.asarray(shape) * spacing
+    centre = extent / 2 + rng.normal(0, 0.03, 3) * extent
+    radii = extent * rng.uniform(0.38, 0.48, 3)
+    head = blob(rng, shape, spacing, centre, radii, 0.1)
+    inner = blob(rng, shape, spacing, centre, radii * rng.uniform(0.75, 0.9), 0.1) & head
+    skull = shell(inner, spacing, rng.uniform(2.0, 7.0))
+    brain = inner & ~skull
+    tissue = np.zeros(shape, np.uint8)
+    tissue[head], tissue[skull] = SCALP, SKULL
+    tissue[brain] = brain_tissue(rng, brain, spacing)[brain]
+    if rng.random() < 0.3:
+        tissue[~brain] = 0
+    parenchyma = brain & (tissue >= GREY)
+    labels = np.zeros(shape, np.uint8)
+    roll = rng.random()
+    if roll < 0.45:  # lobes: each a mix of grey and white matter
+        _split_into_parcels(rng, labels, parenchyma, int(rng.integers(3, 16)))
+    elif roll < 0.7:  # cortex parcels over one white-matter class
+        labels[tissue == WHITE] = 1
+        _split_into_parcels(rng, labels, brain & (tissue == GREY), int(rng.integers(3, 16)))
+    elif roll < 0.85:
+        for t in (CSF, GREY, WHITE):
+            labels[brain & (tissue == t)] = t
+    else:
+        labels[brain] = 1
+    return _relabel(labels), tissue
+
+
+def brain_tissue(rng, brain, spacing) -> np.ndarray:
+    """CSF, grey and white matter in a brain mask: sulci are sheets where a smooth field crosses
+    zero (every 4-8 mm, 1-3 mm wide), cut 8-20 mm deep from the surface; the grey ribbon (2-4 mm) follows the surface and
+    the sulci; ventricles of CSF and deep grey nuclei sit in the white matter."""
+    aniso = tuple(float(s) for s in spacing)
+    shape, extent = brain.shape, np.asarray(brain.shape) * spacing
+    depth = edt.edt(brain.astype(np.uint8), anisotropy=aniso, parallel=1)
+    folds = smooth_noise(rng, shape, int(np.clip(extent.max() / rng.uniform(4, 8), 6, 48)))
+    slope = np.sqrt(sum(g ** 2 for g in np.gradient(folds, *spacing))) + 1e-6
+    half_width = max(rng.uniform(0.5, 1.5), 0.5 * float(spacing[1:].min()))
+    sulci = brain & (np.abs(folds) / slope < half_width) & (depth < rng.uniform(8, 20))
+    sulci |= brain & (depth <= rng.uniform(0.0, 1.5))
+    tissue = np.where(brain, WHITE, 0).astype(np.uint8)
+    cortex_depth = edt.edt((brain & ~sulci).astype(np.uint8), anisotropy=aniso, parallel=1)
+    tissue[brain & (cortex_depth <= max(rng.uniform(2.0, 4.0), float(spacing[1:].min())))] = GREY
+    core = np.argwhere(depth > 0.5 * depth.max())
+    for kind in [CSF] * int(rng.integers(1, 3)) + [GREY] * int(rng.integers(0, 3)):
+        if len(core) == 0:
+            break
+        radii = np.maximum(extent * rng.uniform(0.03, 0.08, 3), spacing)
+        tissue[blob(rng, shape, spacing, core[rng.integers(len(core))] * spacing, radii, 0.3) & brain] = kind
+    tissue[sulci] = CSF
+    return tissue
+
+
+def brain_means(rng, look: str) -> np.ndarray:
+    """Means per brain tissue: T1 (CSF < grey < white), T2 (the reverse) or CT (grey and white
+    a few units apart, the skull bright)."""
+    means = np.zeros(WHITE + 1)
+    if look == "ct":
+        means[SCALP], means[SKULL] = rng.uniform(0.4, 0.55), rng.uniform(0.9, 1.0)
+        means[GREY] = rng.uniform(0.4, 0.55)
+        means[WHITE] = means[GREY] - rng.uniform(0.02, 0.08)
+        means[CSF] = means[GREY] - rng.uniform(0.1, 0.25)
+        return means
+    csf, grey, white = np.sort(rng.uniform(0.05, 0.95, 3))
+    if grey - csf < 0.1 or white - grey < 0.08:
+        csf, grey, white = rng.uniform(0.05, 0.25), rng.uniform(0.35, 0.55), rng.uniform(0.6, 0.85)
+    if rng.random() < 0.35:  # T2-like
+        csf, white = 1.0 - csf, 1.0 - white
+    means[CSF], means[GREY], means[WHITE] = csf, grey, white
+    means[SCALP], means[SKULL] = rng.uniform(0.3, 0.9), rng.uniform(0.0, 0.2)
+    means[0] = rng.uniform(0.0, 0.05)
+    return means
 
 
 def ellipsoid(rng, shape, spacing, centre_mm, radii_mm, wobble: float) -> np.ndarray:
@@ -382,9 +468,11 @@ def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
         scene = vessel_scene
     elif roll < 0.5 and look == "ct":
         scene = trunk_scene
-    elif roll < (0.45 if look == "mr" else 0.3):
+    elif roll < (0.4 if look == "mr" else 0.3):
         scene = tissue_scene
-    elif roll < (0.7 if look == "ct" else 0.6) and look in ("ct", "mr"):
+    elif roll < (0.65 if look == "mr" else 0.72) and look in ("ct", "mr"):
+        scene = brain_scene if look == "mr" or roll >= 0.65 else head_scene
+    elif roll < 0.75 and look == "mr":
         scene = head_scene
     else:
         scene = organ_scene
@@ -395,6 +483,8 @@ def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
     if scene is trunk_scene:
         tissue = body
         image = render(rng, tissue, tissue > OUTSIDE, spacing, look, means=trunk_means(rng, tissue))
+    elif scene is brain_scene:
+        image = render(rng, body, body > 0, spacing, look, means=brain_means(rng, look))
     else:
         image = render(rng, labels, body, spacing, look, may_share=scene is not tissue_scene)
     if scene is head_scene and look == "ct" and rng.random() < 0.7:  # bone is the brightest thing in CT
