@@ -13,6 +13,7 @@ import edt
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from app.models.unet3d import build_unet
 from training import synth, train
@@ -80,6 +81,28 @@ def test_trunk_scene_is_a_ct_body_that_fills_the_scan_around_dark_lungs():
             assert image[tissue == synth.BONE].mean() > soft
         checked += 1
     assert checked >= 3
+
+
+def test_brain_scene_parcels_mix_a_folded_grey_ribbon_with_white_matter():
+    """The parcellated-brain task: lobes hold both grey and white matter, cortex parcels only
+    grey over one white-matter class, CSF lies in sulci inside the brain, and the tissues are
+    told apart by intensity (T1 or T2 order), not by the labels."""
+    spacing = np.array([1.5, 1.3, 1.3])
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        labels, tissue = synth.brain_scene(rng, (48, 64, 56), spacing, "lobes")
+        assert labels.max() >= 3
+        for k in range(1, labels.max() + 1):
+            kinds = np.bincount(tissue[labels == k], minlength=synth.WHITE + 1)
+            assert kinds[synth.GREY] > 0 and kinds[synth.WHITE] > 0 and kinds[synth.CSF] == 0
+        inside = ndimage.distance_transform_edt(tissue >= synth.CSF, sampling=spacing)
+        assert (inside[tissue == synth.CSF] > 4).any()  # sulci and ventricles cut into the parenchyma
+        image = synth.render(rng, tissue, tissue > 0, spacing, "mr", means=synth.brain_means(rng, "mr"))
+        grey, white, fluid = (image[tissue == t].mean() for t in (synth.GREY, synth.WHITE, synth.CSF))
+        assert min(abs(grey - white), abs(grey - fluid)) > 5 and (fluid < grey < white or fluid > grey > white)
+        labels, tissue = synth.brain_scene(rng, (48, 64, 56), spacing, "cortex")
+        assert set(np.unique(tissue[labels == 1])) == {synth.WHITE}
+        assert all(set(np.unique(tissue[labels == k])) == {synth.GREY} for k in range(2, labels.max() + 1))
 
 
 def test_truncated_cases_end_inside_an_object():
