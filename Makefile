@@ -52,6 +52,11 @@ valset: setup
 headct: setup
 	$(PY) -m harness.headct
 
+# Procedural parcellated MR brains (lobes, cortex parcels) through the official loop, engine only; see harness/brains.py.
+.PHONY: brains
+brains: setup
+	$(PY) -m harness.brains
+
 # The valset's halved CT cases (lung1, AMOS) at native in-plane resolution and its ICBM lobar parcels at 2x, engine only; see harness/native.py.
 .PHONY: native
 native: setup
