@@ -29,7 +29,7 @@ def brain(seed: int) -> LabelledCase:
 
     rng = np.random.default_rng(SEED_BASE + seed)
     labelling = "lobes" if seed % 2 == 0 else "cortex"
-    labels, tissue = synth.brain_scene(rng, SHAPE, SPACING, labelling)
+    labels, tissue = synth.brain_scene(rng, SHAPE, SPACING, labelling, clefts=False)
     image = synth.render(rng, tissue, tissue > 0, SPACING, "mr", means=synth.brain_means(rng, "mr"))
     return LabelledCase(f"MR_brain{seed}_{labelling}", image, labels, SPACING[::-1].copy())
 

@@ -90,7 +90,7 @@ def test_brain_scene_parcels_mix_a_folded_grey_ribbon_with_white_matter():
     spacing = np.array([1.5, 1.3, 1.3])
     for seed in range(3):
         rng = np.random.default_rng(seed)
-        labels, tissue = synth.brain_scene(rng, (48, 64, 56), spacing, "lobes")
+        labels, tissue = synth.brain_scene(rng, (48, 64, 56), spacing, "lobes", clefts=seed == 1)
         assert labels.max() >= 3
         for k in range(1, labels.max() + 1):
             kinds = np.bincount(tissue[labels == k], minlength=synth.WHITE + 1)

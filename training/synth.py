@@ -155,11 +155,12 @@ SCALP, SKULL, CSF, GREY, WHITE = range(1, 6)
 BRAIN_LABELLINGS = ("lobes", "cortex", "tissues", "whole")
 
 
-def brain_scene(rng, shape, spacing, labelling: str | None = None):
+def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool | None = None):
     """A brain of grey and white matter under a skull, parcellated the way atlases are: lobes
     that hold a folded grey ribbon over white matter with dark CSF in the sulci, cortex parcels
     with the white matter as one class, the three tissues, or the whole brain; in 30 %
-    skull-stripped. `labelling` (BRAIN_LABELLINGS) is drawn 45 / 25 / 15 / 15 % unless given.
+    skull-stripped. `labelling` (BRAIN_LABELLINGS) is drawn 45 / 25 / 15 / 15 % unless given;
+    `clefts` (sulci where parcels meet, _clefts_between) in half the parcellations unless given.
     Why: the independent set's MR brains are parcellated into 10-20 regions, and the head
     scene's parcels were one flat intensity, where real regions hold several tissues. Returns
     the labels and the tissue map (render it with brain_means)."""
@@ -179,17 +180,33 @@ def brain_scene(rng, shape, spacing, labelling: str | None = None):
     labels = np.zeros(shape, np.uint8)
     if labelling is None:
         labelling = BRAIN_LABELLINGS[int(rng.choice(4, p=[0.45, 0.25, 0.15, 0.15]))]
-    if labelling == "lobes":  # each a mix of grey and white matter
-        _split_into_parcels(rng, labels, parenchyma, int(rng.integers(3, 16)))
-    elif labelling == "cortex":  # cortex parcels over one white-matter class
-        labels[tissue == WHITE] = 1
-        _split_into_parcels(rng, labels, brain & (tissue == GREY), int(rng.integers(3, 16)))
+    if labelling in ("lobes", "cortex"):
+        if labelling == "cortex":  # cortex parcels over one white-matter class
+            labels[tissue == WHITE] = 1
+        first = int(labels.max()) + 1
+        _split_into_parcels(rng, labels, parenchyma if labelling == "lobes" else brain & (tissue == GREY),
+                            int(rng.integers(3, 16)))
+        if rng.random() < 0.5 if clefts is None else clefts:
+            _clefts_between(rng, labels, first, tissue, brain, spacing)
     elif labelling == "tissues":
         for t in (CSF, GREY, WHITE):
             labels[brain & (tissue == t)] = t
     else:
         labels[brain] = 1
     return _relabel(labels), tissue
+
+
+def _clefts_between(rng, labels, first, tissue, brain, spacing) -> None:
+    """Deep sulci where two parcels (labels >= first) meet, 10-30 mm in from the brain's surface:
+    CSF, unlabelled. Atlas regions end at sulci (lobes at the central and lateral sulci, gyral
+    parcels at their fundi), so their borders are often visible near the surface, while deep in
+    the white matter they stay invisible."""
+    parcels = np.where(labels >= first, labels, 0).astype(np.uint8)
+    higher = ndimage.maximum_filter(parcels, 3) > parcels
+    lower = ndimage.minimum_filter(np.where(parcels > 0, parcels, 255).astype(np.uint8), 3) < parcels
+    depth = edt.edt(brain.astype(np.uint8), anisotropy=tuple(float(s) for s in spacing), parallel=1)
+    cleft = (parcels > 0) & (higher | lower) & (depth < rng.uniform(10, 30))
+    tissue[cleft], labels[cleft] = CSF, 0
 
 
 def brain_tissue(rng, brain, spacing) -> np.ndarray:
