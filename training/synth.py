@@ -211,15 +211,15 @@ def _clefts_between(rng, labels, first, tissue, brain, spacing) -> None:
 
 def brain_tissue(rng, brain, spacing) -> np.ndarray:
     """CSF, grey and white matter in a brain mask: sulci are sheets where a smooth field crosses
-    zero (every 4-8 mm, 1-3 mm wide), cut 8-20 mm deep from the surface; the grey ribbon
+    zero (every 8-14 mm, 1-2 mm wide), cut 8-20 mm deep from the surface; the grey ribbon
     (2-4 mm) follows the surface and the sulci; ventricles of CSF and deep grey nuclei sit in
     the white matter."""
     aniso = tuple(float(s) for s in spacing)
     shape, extent = brain.shape, np.asarray(brain.shape) * spacing
     depth = edt.edt(brain.astype(np.uint8), anisotropy=aniso, parallel=1)
-    folds = smooth_noise(rng, shape, int(np.clip(extent.max() / rng.uniform(4, 8), 6, 48)))
+    folds = smooth_noise(rng, shape, int(np.clip(extent.max() / rng.uniform(8, 14), 6, 32)))
     slope = np.sqrt(sum(g ** 2 for g in np.gradient(folds, *spacing))) + 1e-6
-    half_width = max(rng.uniform(0.5, 1.5), 0.5 * float(spacing[1:].min()))
+    half_width = max(rng.uniform(0.4, 1.0), 0.5 * float(spacing[1:].min()))
     sulci = brain & (np.abs(folds) / slope < half_width) & (depth < rng.uniform(8, 20))
     sulci |= brain & (depth <= rng.uniform(0.0, 1.5))
     tissue = np.where(brain, WHITE, 0).astype(np.uint8)
