@@ -2,7 +2,7 @@
 regions): lobes that mix grey and white matter, and cortex parcels over one white-matter class,
 through the official loop with the engine in-process.
 
-    python -m harness.brains [--seeds 0 4] [--detail]
+    python -m harness.brains [--seeds 0 4] [--detail] [--predictor classical]
 
 Why: the validation set's parcels come from one template (ICBM152), whose lobar and cortex
 parcels are what engine rules were tuned on. These cases are training.synth.brain_scene (T1 or
@@ -17,7 +17,10 @@ import argparse
 
 import numpy as np
 
+from harness import baselines, classical
 from harness.loop import LabelledCase, print_engine_scores
+
+BASELINES = {"classical": classical.run, "boxfill": baselines.boxfill}
 
 SEED_BASE = 4_000_000
 SHAPE, SPACING = (96, 128, 112), np.array([1.5, 1.3, 1.3])  # (z, y, x) voxels and mm: a 144 x 166 x 146 mm head
@@ -38,8 +41,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 4], metavar=("FIRST", "END"))
     parser.add_argument("--detail", action="store_true", help="the shape and each class's DSC_AUC")
+    parser.add_argument("--predictor", choices=sorted(BASELINES) + ["engine"], default="engine")
     args = parser.parse_args(argv)
-    print_engine_scores((brain(seed) for seed in range(*args.seeds)), detail=args.detail)
+    print_engine_scores((brain(seed) for seed in range(*args.seeds)), detail=args.detail,
+                        predict=BASELINES.get(args.predictor))
 
 
 if __name__ == "__main__":

@@ -217,16 +217,18 @@ class InProcessPredictor:
         write_segs(output_dir / path.name, self.engine(case, None, float("inf")))
 
 
-def print_engine_scores(cases: Iterable[LabelledCase], detail: bool = False) -> None:
-    """Each case through the loop in box mode with the engine in-process (its log silenced): a
-    line per case (DSC it0, DSC_AUC, DSC_Final; `detail`: the shape and each class's DSC_AUC),
-    then their mean. The small benchmarks beside the valset (harness.headct, harness.native)."""
-    from app.engine import run
+def print_engine_scores(cases: Iterable[LabelledCase], detail: bool = False, predict=None) -> None:
+    """Each case through the loop in box mode with the engine in-process (its log silenced), or
+    with `predict` (a baseline's run function): a line per case (DSC it0, DSC_AUC, DSC_Final;
+    `detail`: the shape and each class's DSC_AUC), then their mean. The small benchmarks beside
+    the valset (harness.headct, harness.native, harness.brains)."""
+    if predict is None:
+        from app.engine import run as predict
 
     scores = []
     with open(os.devnull, "w") as quiet:
         for case in cases:
-            record, _ = run_case(case, InProcessPredictor(run), True, log=quiet)
+            record, _ = run_case(case, InProcessPredictor(predict), True, log=quiet)
             scores.append((record["iterations"][0]["dsc"], record["dsc_auc"], record["dsc_final"]))
             shape = f" {case.gts.shape}" if detail else ""
             per_class = " (per class DSC_AUC " + " ".join(f"{c['dsc_auc']:.3f}" for c in record["per_class"]) + ")"
