@@ -128,16 +128,22 @@ def shell(mask: np.ndarray, spacing, thickness_mm: float) -> np.ndarray:
     return mask & (depth <= max(thickness_mm, float(min(spacing))))
 
 
-def head_scene(rng, shape, spacing):
-    """Soft tissue around a skull shell around a brain, often parcellated into touching
-    regions of one intensity: the head CT and brain parcellation tasks."""
+def head_layers(rng, shape, spacing):
+    """A head's nested masks: the head, its inside, the skull shell (2-7 mm) lining the inside,
+    and the brain within the skull."""
     extent = np.asarray(shape) * spacing
     centre = extent / 2 + rng.normal(0, 0.03, 3) * extent
     radii = extent * rng.uniform(0.38, 0.48, 3)
     head = blob(rng, shape, spacing, centre, radii, 0.1)
     inner = blob(rng, shape, spacing, centre, radii * rng.uniform(0.75, 0.9), 0.1) & head
     skull = shell(inner, spacing, rng.uniform(2.0, 7.0))
-    brain = inner & ~skull
+    return head, inner, skull, inner & ~skull
+
+
+def head_scene(rng, shape, spacing):
+    """Soft tissue around a skull shell around a brain, often parcellated into touching
+    regions of one intensity: the head CT and brain parcellation tasks."""
+    head, inner, skull, brain = head_layers(rng, shape, spacing)
     labels = np.zeros(shape, np.uint8)
     labels[head & ~inner] = 1
     labels[skull] = 2
@@ -164,13 +170,7 @@ def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool 
     Why: the independent set's MR brains are parcellated into 10-20 regions, and the head
     scene's parcels were one flat intensity, where real regions hold several tissues. Returns
     the labels and the tissue map (render it with brain_means)."""
-    extent = np.asarray(shape) * spacing
-    centre = extent / 2 + rng.normal(0, 0.03, 3) * extent
-    radii = extent * rng.uniform(0.38, 0.48, 3)
-    head = blob(rng, shape, spacing, centre, radii, 0.1)
-    inner = blob(rng, shape, spacing, centre, radii * rng.uniform(0.75, 0.9), 0.1) & head
-    skull = shell(inner, spacing, rng.uniform(2.0, 7.0))
-    brain = inner & ~skull
+    head, _, skull, brain = head_layers(rng, shape, spacing)
     tissue = np.zeros(shape, np.uint8)
     tissue[head], tissue[skull] = SCALP, SKULL
     tissue[brain] = brain_tissue(rng, brain, spacing)[brain]
