@@ -171,9 +171,10 @@ def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool 
     scene's parcels were one flat intensity, where real regions hold several tissues. Returns
     the labels and the tissue map (render it with brain_means)."""
     head, _, skull, brain = head_layers(rng, shape, spacing)
+    depth = edt.edt(brain.astype(np.uint8), anisotropy=tuple(float(s) for s in spacing), parallel=1)
     tissue = np.zeros(shape, np.uint8)
     tissue[head], tissue[skull] = SCALP, SKULL
-    tissue[brain] = brain_tissue(rng, brain, spacing)[brain]
+    tissue[brain] = brain_tissue(rng, brain, depth, spacing)[brain]
     if rng.random() < 0.3:
         tissue[~brain] = 0
     parenchyma = brain & (tissue >= GREY)
@@ -187,7 +188,7 @@ def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool 
         _split_into_parcels(rng, labels, parenchyma if labelling == "lobes" else brain & (tissue == GREY),
                             int(rng.integers(3, 16)))
         if rng.random() < 0.5 if clefts is None else clefts:
-            _clefts_between(rng, labels, first, tissue, brain, spacing)
+            _clefts_between(rng, labels, first, tissue, depth)
     elif labelling == "tissues":
         for t in (CSF, GREY, WHITE):
             labels[brain & (tissue == t)] = t
@@ -196,27 +197,25 @@ def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool 
     return _relabel(labels), tissue
 
 
-def _clefts_between(rng, labels, first, tissue, brain, spacing) -> None:
-    """Deep sulci where two parcels (labels >= first) meet, 10-30 mm in from the brain's surface:
-    CSF, unlabelled. Atlas regions end at sulci (lobes at the central and lateral sulci, gyral
+def _clefts_between(rng, labels, first, tissue, depth) -> None:
+    """Deep sulci where two parcels (labels >= first) meet, 10-30 mm in from the brain's surface
+    (`depth`, mm): CSF, unlabelled. Atlas regions end at sulci (lobes at the central and lateral sulci, gyral
     parcels at their fundi), so their borders are often visible near the surface, while deep in
     the white matter they stay invisible."""
     parcels = np.where(labels >= first, labels, 0).astype(np.uint8)
     higher = ndimage.maximum_filter(parcels, 3) > parcels
     lower = ndimage.minimum_filter(np.where(parcels > 0, parcels, 255).astype(np.uint8), 3) < parcels
-    depth = edt.edt(brain.astype(np.uint8), anisotropy=tuple(float(s) for s in spacing), parallel=1)
     cleft = (parcels > 0) & (higher | lower) & (depth < rng.uniform(10, 30))
     tissue[cleft], labels[cleft] = CSF, 0
 
 
-def brain_tissue(rng, brain, spacing) -> np.ndarray:
-    """CSF, grey and white matter in a brain mask: sulci are sheets where a smooth field crosses
-    zero (every 8-14 mm, 1-2 mm wide), cut 8-20 mm deep from the surface; the grey ribbon
-    (2-4 mm) follows the surface and the sulci; ventricles of CSF and deep grey nuclei sit in
-    the white matter."""
+def brain_tissue(rng, brain, depth, spacing) -> np.ndarray:
+    """CSF, grey and white matter in a brain mask (`depth`: mm from its surface): sulci are
+    sheets where a smooth field crosses zero (every 8-14 mm, 1-2 mm wide), cut 8-20 mm deep
+    from the surface; the grey ribbon (2-4 mm) follows the surface and the sulci; ventricles of
+    CSF and deep grey nuclei sit in the white matter."""
     aniso = tuple(float(s) for s in spacing)
     shape, extent = brain.shape, np.asarray(brain.shape) * spacing
-    depth = edt.edt(brain.astype(np.uint8), anisotropy=aniso, parallel=1)
     folds = smooth_noise(rng, shape, int(np.clip(extent.max() / rng.uniform(8, 14), 6, 32)))
     slope = np.sqrt(sum(g ** 2 for g in np.gradient(folds, *spacing))) + 1e-6
     half_width = max(rng.uniform(0.4, 1.0), 0.5 * float(spacing[1:].min()))
@@ -493,9 +492,9 @@ def generate(rng: np.random.Generator, look: str | None = None) -> SynthCase:
         scene = trunk_scene
     elif roll < (0.4 if look == "mr" else 0.3):
         scene = tissue_scene
-    elif roll < (0.65 if look == "mr" else 0.72) and look in ("ct", "mr"):
-        scene = brain_scene if look == "mr" or roll >= 0.65 else head_scene
-    elif roll < 0.75 and look == "mr":
+    elif (look == "mr" and roll < 0.65) or (look == "ct" and 0.65 <= roll < 0.72):
+        scene = brain_scene
+    elif roll < (0.75 if look == "mr" else 0.65) and look in ("ct", "mr"):
         scene = head_scene
     else:
         scene = organ_scene
