@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 from harness import baselines, classical
-from harness.loop import LabelledCase, print_engine_scores
+from harness.loop import LabelledCase, print_box_scores
 
 BASELINES = {"classical": classical.run, "boxfill": baselines.boxfill}
 
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("--detail", action="store_true", help="the shape and each class's DSC_AUC")
     parser.add_argument("--predictor", choices=sorted(BASELINES) + ["engine"], default="engine")
     args = parser.parse_args(argv)
-    print_engine_scores((brain(seed) for seed in range(*args.seeds)), detail=args.detail,
+    print_box_scores((brain(seed) for seed in range(*args.seeds)), detail=args.detail,
                         predict=BASELINES.get(args.predictor))
 
 

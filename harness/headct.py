@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from harness.loop import LabelledCase, print_engine_scores
+from harness.loop import LabelledCase, print_box_scores
 
 SEED_BASE = 3_000_000
 SHAPE, SPACING = (48, 128, 128), np.array([2.5, 0.9, 0.9])  # (z, y, x) voxels and mm
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 6], metavar=("FIRST", "END"))
     args = parser.parse_args(argv)
-    print_engine_scores(head_ct(seed) for seed in range(*args.seeds))
+    print_box_scores(head_ct(seed) for seed in range(*args.seeds))
 
 
 if __name__ == "__main__":

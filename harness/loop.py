@@ -217,7 +217,7 @@ class InProcessPredictor:
         write_segs(output_dir / path.name, self.engine(case, None, float("inf")))
 
 
-def print_engine_scores(cases: Iterable[LabelledCase], detail: bool = False, predict=None) -> None:
+def print_box_scores(cases: Iterable[LabelledCase], detail: bool = False, predict=None) -> None:
     """Each case through the loop in box mode with the engine in-process (its log silenced), or
     with `predict` (a baseline's run function): a line per case (DSC it0, DSC_AUC, DSC_Final;
     `detail`: the shape and each class's DSC_AUC), then their mean. The small benchmarks beside

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from harness import valset
-from harness.loop import LabelledCase, print_engine_scores
+from harness.loop import LabelledCase, print_box_scores
 
 SOURCES = {"lung1": "CT_PyRadiomics_lung1", "amos": "CT_AMOS_amos_0018", "icbm2x": "MR_ICBM152_tissue"}
 
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
             else:
                 yield case
 
-    print_engine_scores(present(), detail=True)
+    print_box_scores(present(), detail=True)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,16 @@ def write(path: Path, **arrays) -> Path:
     arrays = {"imgs": image(), "spacing": np.array([0.8, 0.8, 2.5])} | arrays
     np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
+
+
+def organiser_views(case) -> list:
+    """The engine's class views of a labelled case (harness.loop.LabelledCase) with the
+    organisers' boxes from its labels, before any click: which rules (parcel, lining) apply."""
+    from app import engine
+    from app.io import Box, Case, ClassPrompts
+    from harness.official import boxes_from_labels
+
+    boxes = [Box(int(b["z_min"]), int(b["z_max"]), int(b["z_mid"]), int(b["z_mid_y_min"]), int(b["z_mid_y_max"]),
+                 int(b["z_mid_x_min"]), int(b["z_mid_x_max"])) for b in boxes_from_labels(case.gts)]
+    return engine.class_views(Case(case.name, case.imgs, np.ones(3), [ClassPrompts(b, [], [], []) for b in boxes],
+                                   None, 0, True))
