@@ -238,3 +238,35 @@ def edge_llr(image: np.ndarray, box: Box, past_widening: bool = False) -> tuple[
     inside, outside = histogram(levels[strips], 0.0), histogram(levels[ring], 0.0)  # EDGE_FLOOR instead
     llr = np.log((inside + EDGE_FLOOR) / (outside + EDGE_FLOOR)).astype(np.float32)  # unclipped: see fuse_edges
     return float(0.5 * np.abs(inside - outside).sum()), llr
+
+
+TISSUE_MARGIN_MM = 8.0  # the shell around the parcels' boxes that samples what lies outside the parcellated organ
+
+
+def organ_llr(image: np.ndarray, boxes: list[Box], spacing) -> tuple[float, np.ndarray]:
+    """The parcellated organ's intensity model: its weight (the histograms' total variation) and
+    the log likelihood ratio, per grey level, of the cores of all parcels' boxes against an
+    in-plane shell TISSUE_MARGIN_MM wide around the boxes' union, on the slices the union spans.
+
+    Why: touching parcels (lobes, cortex parcels) tile one organ, so together their boxes say
+    where it ends: one parcel's box corners hold the skull, the scalp and the CSF around the
+    brain, and the parcel's own models (box prior, network) take what they hold for it. The
+    shell lies beyond every parcel's box, so it samples only what is not the organ."""
+    spacing = np.asarray(spacing, float)
+    lo = np.min([b.bounds()[0] for b in boxes], axis=0)
+    hi = np.max([b.bounds()[1] for b in boxes], axis=0)
+    cores = []
+    for box in boxes:
+        radius, in_z = box_radius(box, box.slices())
+        cores.append(image[box.slices()][in_z & (radius < CORE)])
+    margin = np.ceil(TISSUE_MARGIN_MM / spacing[1:]).astype(int)
+    outer = (slice(lo[0], hi[0] + 1), slice(max(lo[1] - margin[0], 0), hi[1] + margin[0] + 1),
+             slice(max(lo[2] - margin[1], 0), hi[2] + margin[1] + 1))
+    shell = np.ones(image[outer].shape, bool)
+    y0, x0 = lo[1] - outer[1].start, lo[2] - outer[2].start
+    shell[:, y0:y0 + hi[1] - lo[1] + 1, x0:x0 + hi[2] - lo[2] + 1] = False
+    core, around = np.concatenate(cores), image[outer][shell]
+    if core.size < 20 or around.size < 20:
+        return 0.0, np.zeros(BINS, np.float32)
+    pf, pb = histogram(grey_levels(core)), histogram(grey_levels(around))
+    return float(0.5 * np.abs(pf - pb).sum()), np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP).astype(np.float32)

@@ -616,6 +616,10 @@ def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
     parcels = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), ClassPrompts(right, [], [], []),
                                               ClassPrompts(small, [], [], [])], None, 0, True)
     assert [v.parcel for v in engine.class_views(parcels)] == [True, True, False]
+    assert not any(v.organ for v in engine.class_views(parcels))  # two parcels are no tiled organ
+    middle = Box.from_bounds((10, 0, 4), (19, 19, 15))
+    three = replace(parcels, prompts=[*parcels.prompts, ClassPrompts(middle, [], [], [])])
+    assert [v.organ for v in engine.class_views(three)] == [(left, right, middle)] * 2 + [()] + [(left, right, middle)]
     alone = engine.class_views(case, cross_clicks=False)
     assert alone[0].negatives == [(2, 2, 2)] and alone[0].claimed == []
     assert alone[0].others == views[0].others  # the click refit's shared-tissue rule still sees them

@@ -151,3 +151,19 @@ def test_edge_model_past_the_widening_band_sees_the_object_however_wide_the_box(
     tight = Box(0, 2, 1, 60, 199, 50, 209)  # not widened: past the band the strips are still the object's
     weight, tight_past = prior.edge_llr(image, tight, past_widening=True)
     assert weight > 0.9 and tight_past[obj] > 1.0 > tight_past[around]
+
+
+def test_organ_model_tells_the_parcelled_organ_from_what_lies_around_all_its_parcels():
+    """An organ (150) split into four touching quadrant parcels, inside a skull-like shell (40)
+    in air (0): the parcels' cores hold the organ, the shell around their boxes' union the
+    skull and air, so the organ's level comes out positive and the skull's negative, though
+    each quadrant's box corners hold skull too."""
+    image = np.zeros((6, 80, 80), np.uint8)
+    yy, xx = np.mgrid[:80, :80]
+    radius = np.hypot(yy - 40, xx - 40)
+    image[:, radius <= 30] = 40
+    image[:, radius <= 24] = 150
+    quadrants = [Box(0, 5, 3, y0, y0 + 24, x0, x0 + 24) for y0 in (16, 40) for x0 in (16, 40)]
+    weight, llr = prior.organ_llr(image, quadrants, (2.0, 1.0, 1.0))
+    organ, skull, air = prior.grey_levels(np.array([150, 40, 0], np.uint8))
+    assert weight > 0.5 and llr[organ] > 1.0 and llr[skull] < -1.0 and llr[air] < -1.0
