@@ -653,7 +653,8 @@ def test_click_refit_gives_a_twin_the_tissue_of_its_positive_click():
 def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_claims_it():
     """A cortex parcel that spilled into white matter: its negative click there takes the white
     matter out of the whole mask. Where another class's positive click has that intensity (parcels
-    that share their tissues) the click marks a neighbour, and nothing changes."""
+    that share their tissues) the click marks a neighbour, and nothing changes; unless that class's
+    box contains the parcel's (the white matter around cortex parcels): its tissue is foreign."""
     image = np.full((8, 12, 24), 150, np.uint8)
     image[:, :, 12:] = 60
     box = (np.zeros(3, int), np.array(image.shape) - 1)
@@ -670,6 +671,16 @@ def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_cla
         expected = np.zeros(image.shape, bool)
         expected[:, :, :kept] = True
         assert (canvas.mask_full() == expected).all()
+    small = ClassPrompts(Box.from_bounds((2, 3, 8), (5, 8, 16)), [], [(4, 6, 14)], ["bg"])
+    white = ClassPrompts(Box.from_bounds(*box), [(4, 6, 20)], [], ["fg"])
+    case = Case("MR_x", image, np.ones(3), [small, white], prev, 1, True)
+    views = engine.class_views(case)
+    assert views[0].containers == (white,) and views[1].containers == ()
+    canvas = engine.ClassCanvas(image.shape)
+    canvas.probs = torch.from_numpy(prev.astype(np.float32))
+    canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
+    engine.click_refit(canvas, image, views[0], shared_tissue=True)
+    assert not canvas.mask_full()[:, :, 12:].any() and canvas.mask_full()[:, :, :12].all()
 
 
 def _cube_view(kind, click, prev_pred, others=()):
