@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -87,6 +88,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_listener(port: int, proc: subprocess.Popen, seconds: float = 60.0) -> None:
+    """Until something accepts connections on `port`, `proc` has exited, or `seconds` passed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+
+
 def test_smoke_steps_read_the_data_folder(dataset):
     data, cache = dataset
     out = data.parent / "single"
@@ -124,6 +135,8 @@ def two_node_run(dataset):
                 "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", run_id,
                 "--local_addr", "127.0.0.1", *_train_args(data, out, "--max-steps", "2")]
         nodes.append(_start(args, cache))
+        if node_rank == 0:  # node 1 joins once node 0 hosts the store: both could try to host it on one machine
+            _wait_for_listener(port, nodes[0])
     _finish(nodes)
     first = _ckpt(out)
     resumed = _run(_train_args(data, out, "--max-steps", "4"), cache)
