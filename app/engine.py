@@ -199,7 +199,7 @@ class ClassView:
     def cost(self) -> float:
         """A size proxy for scheduling: voxels of the box or of the previous mask."""
         bounds = self.bounds()
-        return 0.0 if bounds is None else float(np.prod(bounds[1] - bounds[0] + 1))
+        return 0.0 if bounds is None else float(box_volume(bounds))
 
 
 def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
@@ -237,15 +237,23 @@ def holds_box(outer: tuple[np.ndarray, np.ndarray], inner: tuple[np.ndarray, np.
 def contains_box(outer: tuple[np.ndarray, np.ndarray], inner: tuple[np.ndarray, np.ndarray]) -> bool:
     """`outer` holds CONTAINER_SHARE of `inner` and is CONTAINER_SIZE times its volume or more: the
     procedural brains' white matter around each cortex parcel's box, not a neighbouring lobe."""
-    inter = np.prod(np.clip(np.minimum(outer[1], inner[1]) - np.maximum(outer[0], inner[0]) + 1, 0, None))
-    size_in, size_out = np.prod(inner[1] - inner[0] + 1), np.prod(outer[1] - outer[0] + 1)
-    return bool(size_out >= CONTAINER_SIZE * size_in and inter >= CONTAINER_SHARE * size_in)
+    size_in, size_out = box_volume(inner), box_volume(outer)
+    return bool(size_out >= CONTAINER_SIZE * size_in and box_overlap(outer, inner) >= CONTAINER_SHARE * size_in)
 
 
 def box_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
     """Intersection over union of two boxes given by inclusive corners."""
-    inter = np.prod(np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]) + 1, 0, None))
-    return float(inter / (np.prod(a[1] - a[0] + 1) + np.prod(b[1] - b[0] + 1) - inter))
+    inter = box_overlap(a, b)
+    return float(inter / (box_volume(a) + box_volume(b) - inter))
+
+
+def box_overlap(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> int:
+    """Voxels two boxes (inclusive corners) share."""
+    return int(np.prod(np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]) + 1, 0, None)))
+
+
+def box_volume(box: tuple[np.ndarray, np.ndarray]) -> int:
+    return int(np.prod(box[1] - box[0] + 1))
 
 
 def schedule(views: list[ClassView]) -> list[ClassView]:

@@ -240,13 +240,13 @@ def edge_llr(image: np.ndarray, box: Box, past_widening: bool = False) -> tuple[
     return float(0.5 * np.abs(inside - outside).sum()), llr
 
 
-TISSUE_MARGIN_MM = 8.0  # the shell around the parcels' boxes that samples what lies outside the parcellated organ
+ORGAN_SHELL_MM = 8.0  # the shell around the parcels' boxes that samples what lies outside the parcellated organ
 
 
 def organ_llr(image: np.ndarray, boxes: list[Box], spacing) -> tuple[float, np.ndarray]:
     """The parcellated organ's intensity model: its weight (the histograms' total variation) and
     the log likelihood ratio, per grey level, of the cores of all parcels' boxes against an
-    in-plane shell TISSUE_MARGIN_MM wide around the boxes' union, on the slices the union spans.
+    in-plane shell ORGAN_SHELL_MM wide around the boxes' union, on the slices the union spans.
 
     Why: touching parcels (lobes, cortex parcels) tile one organ, so together their boxes say
     where it ends: one parcel's box corners hold the skull, the scalp and the CSF around the
@@ -259,7 +259,7 @@ def organ_llr(image: np.ndarray, boxes: list[Box], spacing) -> tuple[float, np.n
     for box in boxes:
         radius, in_z = box_radius(box, box.slices())
         cores.append(image[box.slices()][in_z & (radius < CORE)])
-    margin = np.ceil(TISSUE_MARGIN_MM / spacing[1:]).astype(int)
+    margin = np.ceil(ORGAN_SHELL_MM / spacing[1:]).astype(int)
     outer = (slice(lo[0], hi[0] + 1), slice(max(lo[1] - margin[0], 0), hi[1] + margin[0] + 1),
              slice(max(lo[2] - margin[1], 0), hi[2] + margin[1] + 1))
     shell = np.ones(image[outer].shape, bool)
