@@ -98,11 +98,22 @@ def grey_levels(image: np.ndarray) -> np.ndarray:
 def intensity_llr(levels: np.ndarray, fg: np.ndarray, bg: np.ndarray, sigma) -> tuple[float, np.ndarray]:
     """The intensity model of fg against bg: its weight (the histograms' total variation, how
     much intensity can be trusted) and the smoothed log likelihood ratio at every voxel."""
-    pf, pb = histogram(levels[fg]), histogram(levels[bg])
-    weight = float(0.5 * np.abs(pf - pb).sum())
-    # symmetric clipping keeps the zero crossing in place when smoothing
-    llr = ndimage.gaussian_filter(np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP).astype(np.float32)[levels], sigma)
-    return weight, llr
+    weight, table = level_model(levels[fg], levels[bg])
+    return weight, ndimage.gaussian_filter(table[levels], sigma)
+
+
+def level_model(fg: np.ndarray, bg: np.ndarray) -> tuple[float, np.ndarray]:
+    """The grey levels `fg` against `bg`: the histograms' total variation (how much intensity can
+    be trusted) and the log likelihood ratio per grey level, clipped symmetrically, which keeps
+    the zero crossing in place when it is smoothed."""
+    pf, pb = histogram(fg), histogram(bg)
+    return float(0.5 * np.abs(pf - pb).sum()), np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP).astype(np.float32)
+
+
+def smoothed_llr(table: np.ndarray, image: np.ndarray, spacing) -> np.ndarray:
+    """A per-grey-level table looked up at every voxel of `image` and smoothed over one voxel of
+    the finest axis (mm-consistent): a voxel's grey level alone is speckle."""
+    return ndimage.gaussian_filter(table[grey_levels(image)], np.min(spacing) / np.asarray(spacing, float))
 
 
 def box_score(image: np.ndarray, box, spacing, open_ends: bool = False) -> tuple[tuple[slice, ...], np.ndarray]:
@@ -268,5 +279,4 @@ def organ_llr(image: np.ndarray, boxes: list[Box], spacing) -> tuple[float, np.n
     core, around = np.concatenate(cores), image[outer][shell]
     if core.size < 20 or around.size < 20:
         return 0.0, np.zeros(BINS, np.float32)
-    pf, pb = histogram(grey_levels(core)), histogram(grey_levels(around))
-    return float(0.5 * np.abs(pf - pb).sum()), np.clip(np.log(pf / pb), -LLR_CLIP, LLR_CLIP).astype(np.float32)
+    return level_model(grey_levels(core), grey_levels(around))

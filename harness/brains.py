@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     parser.add_argument("--predictor", choices=sorted(BASELINES) + ["engine"], default="engine")
     args = parser.parse_args(argv)
     print_box_scores((brain(seed) for seed in range(*args.seeds)), detail=args.detail,
-                        predict=BASELINES.get(args.predictor))
+                     predict=BASELINES.get(args.predictor))
 
 
 if __name__ == "__main__":
