@@ -818,7 +818,7 @@ class ClassSegmenter:
         prev_t = None if prev is None else torch.from_numpy(prev)
         for _ in range(MAX_REGROW + 1):
             roi = self.global_expert.roi_for(*bounds)
-            logits = self.global_expert.logits(self.image, roi, self.spacing, view.box, p.fg, view.negatives, prev_t)
+            logits = self.global_expert.logits(self.image, roi, self.spacing, *self.prompts_for(view), prev_t)
             canvas = ClassCanvas(self.shape)
             canvas.put(logits, roi)
             mask = (logits > 0).numpy()
@@ -827,13 +827,18 @@ class ClassSegmenter:
             bounds = grown_bounds(mask, roi, self.shape, *bounds)
         return canvas, roi, (*steps, "global")
 
+    @staticmethod
+    def prompts_for(view: ClassView) -> tuple:
+        """(box, positive clicks, negative clicks) as both experts see them; training builds its
+        samples from the same, so the network learns on the engine's inputs."""
+        return view.box, view.prompts.fg, view.negatives
+
     def local_pass(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
         """The local expert on a native window at `centre`, seeing the canvas's mask as the
         previous one, blended into the canvas (a ramp at the window faces leaves no seam)."""
-        p = view.prompts
         roi = window_at(centre, self.local_expert.patch)
         prev = torch.from_numpy(canvas.mask_on(roi))
-        logits = self.local_expert.logits(self.image, roi, self.spacing, view.box, p.fg, view.negatives, prev,
+        logits = self.local_expert.logits(self.image, roi, self.spacing, *self.prompts_for(view), prev,
                                           prev_on_crop=True)
         canvas.put(logits, roi, None if not canvas.probs.numel() else border_ramp(roi.size))
 

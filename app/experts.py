@@ -75,9 +75,10 @@ class Expert:
         return cls(model.eval().to(device), weights["meta"]["patch"], device, flips=flips, zoomed_patch=zoomed_patch)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, patch: int, device, bf16: bool | None = None) -> Expert:
+    def from_model(cls, model: torch.nn.Module, patch: int, device, bf16: bool | None = None,
+                   zoomed_patch: int | None = None) -> Expert:
         """A live (training) model behind the engine's interface; no copy, no mode change."""
-        return cls(model, patch, device, bf16)
+        return cls(model, patch, device, bf16, zoomed_patch=zoomed_patch)
 
     @torch.inference_mode()
     def logits(self, image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev=None,

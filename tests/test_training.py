@@ -212,9 +212,9 @@ def _fixed_batch(cfg, model):
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    cfg = train.TrainConfig(patch=16, batch=2, max_rounds=1)
+    cfg = train.TrainConfig(patch=16, zoomed_patch=16, batch=2, max_rounds=1)
     model = build_unet()
-    x, y = _fixed_batch(cfg, model)
+    [(x, y)] = _fixed_batch(cfg, model)
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
@@ -333,13 +333,13 @@ def test_training_rounds_are_the_engines_predictions():
     from harness.official import error_click
 
     torch.manual_seed(0)
-    cfg = train.TrainConfig(patch=16, precision="fp32")
+    cfg = train.TrainConfig(patch=16, zoomed_patch=24, precision="fp32")
     model = build_unet()
     case = synth.generate(np.random.default_rng(5), "ct")
     truth = case.labels == 1
     box = jittered_box(np.random.default_rng(0), truth)
     segmenter = train.segmenter_for(model, case, cfg)
-    experts = (Expert.from_model(model, 16, "cpu", bf16=False), None)
+    experts = (Expert.from_model(model, 16, "cpu", bf16=False, zoomed_patch=24), None)
     prev, fg, bg, order = None, [], [], []
     for _ in range(2):
         mask = segmenter.segment(engine.ClassView.single(box, fg, bg, order, prev))[0].mask_full()
@@ -351,6 +351,33 @@ def test_training_rounds_are_the_engines_predictions():
         (fg if click[1] else bg).append(click[0])
         order.append("fg" if click[1] else "bg")
         prev = mask
+
+
+def test_a_global_sample_is_the_engines_next_input(monkeypatch):
+    """The trained input is the one the engine would build next: the zoomed patch for an object
+    the trained patch would zoom out, and the engine's negatives (the other classes' positive
+    clicks too), so the network learns on what it meets at inference."""
+    cfg = train.TrainConfig(patch=16, zoomed_patch=24, precision="fp32", max_rounds=2)
+    case = synth.generate(np.random.default_rng(7), "mr")
+    seen = {}
+    simulate, encode = train.simulate, train.encode
+
+    def spy_encode(image, roi, spacing, box, fg, bg, *rest, **kwargs):
+        seen["bg"] = list(bg)
+        return encode(image, roi, spacing, box, fg, bg, *rest, **kwargs)
+
+    monkeypatch.setattr(train, "encode", spy_encode)
+    sizes, others_clicked = set(), False
+    for seed in range(6):
+        result = simulate(np.random.default_rng(seed), case, train.segmenter_for(build_unet(), case, cfg), cfg)
+        monkeypatch.setattr(train, "simulate", lambda *args, result=result: result)
+        x, y = train.global_sample(np.random.default_rng(seed), case, build_unet(), cfg)
+        view = result[1]
+        assert seen["bg"] == view.negatives
+        others_clicked |= len(view.negatives) > len(view.prompts.bg)
+        assert y.shape[1:] == x.shape[1:] and x.shape[1:] in ((16,) * 3, (24,) * 3)
+        sizes.add(x.shape[1])
+    assert others_clicked and 24 in sizes
 
 
 def test_look_weights_shift_the_procedural_mix():

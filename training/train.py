@@ -37,11 +37,11 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from app.engine import ClassCanvas, ClassSegmenter, ClassView, case_options, class_views
-from app.experts import Expert, autocast, cpu_has_bf16
+from app.experts import GLOBAL_ZOOMED_PATCH, Expert, autocast, cpu_has_bf16
 from app.io import Case, ClassPrompts
 from app.models.unet3d import build_unet, config_dict
 from app.prompts import encode
-from app.roi import crop, prompt_bounds, roi_around, to_patch, window_at
+from app.roi import crop, prompt_bounds, to_patch, window_at
 from harness import loop as harness_loop
 from harness.official import error_click
 from training import synth
@@ -54,6 +54,7 @@ from training.interaction import jittered_box, other_click, perturbed_mask, samp
 class TrainConfig:
     expert: str = "global"          # global: zoomed RoI of the object; local: native window at a click
     patch: int = 48
+    zoomed_patch: int = GLOBAL_ZOOMED_PATCH  # the engine's patch for a RoI that `patch` would zoom out
     batch: int = 4                  # samples per process and micro-step
     global_batch: int = 0           # samples per optimiser step over all processes (0: batch x world size);
                                     # reached by gradient accumulation, so it does not depend on the world size
@@ -127,8 +128,13 @@ def look_probabilities(text: str) -> np.ndarray:
 
 def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
     """The engine's per-class predictor around the live model, as it would run on this case."""
-    expert = Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg, model))
+    expert = live_expert(model, cfg)
     return ClassSegmenter(case.image, case.spacing, expert, None, **case_options(file_name(case)))
+
+
+def live_expert(model, cfg: TrainConfig) -> Expert:
+    """The live model as the engine's global expert, with the engine's patches."""
+    return Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg, model), cfg.zoomed_patch)
 
 
 def file_name(case) -> str:
@@ -197,9 +203,9 @@ def global_sample(rng, case, model, cfg: TrainConfig):
         segmenter.local_pass(canvas, view, p.fg[-1])
         prev = canvas.mask_full()
     lo, hi = prompt_bounds(view.box, p.fg, prev)
-    roi = roi_around(lo - rng.integers(0, 4, 3), hi + rng.integers(0, 4, 3), (cfg.patch,) * 3)
+    roi = segmenter.global_expert.roi_for(lo - rng.integers(0, 4, 3), hi + rng.integers(0, 4, 3))
     prev_t = None if prev is None else torch.from_numpy(prev)
-    x = encode(segmenter.image, roi, case.spacing, view.box, p.fg, p.bg, prev_t)
+    x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev_t)
     y = to_patch(crop(torch.from_numpy(truth)[None].float(), roi), roi) > 0.5
     return x, y.float()
 
@@ -219,20 +225,22 @@ def local_sample(rng, case, model, cfg: TrainConfig):
         centre = edge[int(rng.integers(len(edge)))]
     centre = centre + rng.integers(-cfg.patch // 8, cfg.patch // 8 + 1, 3)
     roi = window_at(centre, (cfg.patch,) * 3)
-    p = view.prompts
     prev = torch.from_numpy(canvas.mask_on(roi))
-    x = encode(segmenter.image, roi, case.spacing, view.box, p.fg, p.bg, prev, prev_on_crop=True)
+    x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev, prev_on_crop=True)
     y = crop(torch.from_numpy(truth)[None].float(), roi)
     return x, y
 
 
-def make_batch(rng, cfg, model, stream, pool: CasePool):
-    samples = []
+def make_batch(rng, cfg, model, stream, pool: CasePool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """cfg.batch samples as (x, y) batches, one per patch size: a zoomed global RoI takes the
+    engine's larger zoomed patch, every other sample the trained one."""
+    groups: dict[tuple, list] = {}
     for _ in range(cfg.batch):
         case = pool.draw(rng, cfg, stream)
         local = cfg.expert == "local" or rng.random() < cfg.local_fraction
-        samples.append((local_sample if local else global_sample)(rng, case, model, cfg))
-    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+        x, y = (local_sample if local else global_sample)(rng, case, model, cfg)
+        groups.setdefault(tuple(x.shape), []).append((x, y))
+    return [(torch.stack([s[0] for s in g]), torch.stack([s[1] for s in g])) for g in groups.values()]
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -295,7 +303,7 @@ def validate_official(model, cfg: TrainConfig) -> dict:
     from app import engine
 
     model.eval()
-    experts = (Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg, model)), None)
+    experts = (live_expert(model, cfg), None)
     predictor = harness_loop.InProcessPredictor(lambda case, state, deadline: engine.run(case, None, deadline, experts))
     records = []
     tasks = harness_loop.load_tasks(Path(cfg.val_data))
@@ -385,15 +393,17 @@ def main(cfg: TrainConfig) -> None:
             group["lr"] = lr_at(step, cfg)
         optim.zero_grad(set_to_none=True)
         for micro in range(accum):
-            x, y = make_batch(rng, cfg, model, stream, pool)
-            sync = nullcontext() if micro == accum - 1 or not distributed else net.no_sync()
-            with sync:
-                with autocast(cfg.device, bf16):
-                    logits = net(x.to(cfg.device))
-                loss = dice_bce(logits.float(), y.to(cfg.device))
-                (loss / accum).backward()
-            seen += x.shape[0]
-            loss_sum += loss.item() / accum
+            batches = make_batch(rng, cfg, model, stream, pool)
+            for i, (x, y) in enumerate(batches):  # DDP: one gradient sync per step, on the last backward
+                last = micro == accum - 1 and i == len(batches) - 1
+                share = x.shape[0] / (cfg.batch * accum)
+                with nullcontext() if last or not distributed else net.no_sync():
+                    with autocast(cfg.device, bf16):
+                        logits = net(x.to(cfg.device))
+                    loss = dice_bce(logits.float(), y.to(cfg.device))
+                    (loss * share).backward()
+                seen += x.shape[0]
+                loss_sum += loss.item() * share
         if torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
             optim.step()
         else:  # one bad batch must not turn every weight into NaN (DDP: every rank sees the same norm)
@@ -491,7 +501,7 @@ def parse_args(argv=None) -> TrainConfig:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     if cfg.smoke:  # CI-sized: tiny patches, a few steps, no data unless --data, outputs kept out of weights/
-        cfg.patch, cfg.batch, cfg.max_rounds = 16, 2, 1
+        cfg.patch, cfg.zoomed_patch, cfg.batch, cfg.max_rounds = 16, 16, 2, 1
         cfg.max_steps, cfg.val_cases = min(cfg.max_steps, 4), min(cfg.val_cases, 2)
         cfg.out_dir = cfg.out_dir or "runs/smoke"
         cfg.export = cfg.export or "runs/smoke/expert.pt"
