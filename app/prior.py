@@ -160,13 +160,16 @@ CLICK_TYPICAL = 2.0      # spreads from an other click's intensity within which 
 
 
 def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list,
-              own_sample: np.ndarray | None = None, labelled: list = ()) -> np.ndarray | None:
+              own_sample: np.ndarray | None = None, labelled: list = (), own_evidence: bool = False
+              ) -> np.ndarray | None:
     """Log likelihood ratio, at every voxel of `image[region]` (uint8), of the nearest of the `own` clicks'
     intensities against the nearest of the `others'`: one Gaussian per click, fitted on its
     neighbourhood, with a shared spread; 0 where a voxel is not typical of any other click (a
     body's muscle is not like its bone click even when its one click sits in fat). Other clicks
     of about an own click's intensity are dropped. `own_sample`: intensities that count as one
-    more own click (its median; not in the spread). None when either side has nothing. Why per
+    more own click (its median; not in the spread). `own_evidence`: a voxel typical of an own
+    click keeps its (positive) ratio though no other click is near (a twin's gain in
+    engine.click_refit). None when either side has nothing. Why per
     click: the other side holds several tissues (grey matter and CSF against white matter)."""
     if not (own or own_sample is not None) or not others:
         return None
@@ -193,7 +196,10 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     other_d = np.abs(levels - other_levels[keep][None]).min(1)
     own_d = np.abs(levels - own_levels[None]).min(1)
     table = (other_d ** 2 - own_d ** 2) / np.float32(2 * spread ** 2)
-    table[other_d > CLICK_TYPICAL * spread] = 0.0  # far from every other click: no evidence either way
+    far = other_d > CLICK_TYPICAL * spread  # far from every other click: no evidence either way
+    if own_evidence:  # ... unless typical of an own click
+        far &= own_d > CLICK_TYPICAL * spread
+    table[far] = 0.0
     return table[image[region]]
 
 

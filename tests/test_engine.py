@@ -650,6 +650,28 @@ def test_click_refit_gives_a_twin_the_tissue_of_its_positive_click():
         assert (canvas.mask_full() == expected).all()
 
 
+def test_a_twin_regains_the_tissue_of_its_positive_click_wherever_a_class_holds_it():
+    """CSF that lost round 0 to its twins in one brain box: after its positive click it claims
+    the voxels of its click's intensity that a twin holds, far from the click too, but not the
+    background of that intensity that no class holds, nor its twin's tissue."""
+    image = np.full((8, 12, 24), 150, np.uint8)
+    image[:, :, 12:] = 60
+    box = (np.zeros(3, int), np.array(image.shape) - 1)
+    prev_pred = np.zeros(image.shape, np.uint8)
+    prev_pred[:, :, :20] = 2  # the twin took the whole brain, CSF included; x >= 20 is background
+    csf = ClassPrompts(Box.from_bounds(*box), [(4, 6, 13)], [], ["fg"])
+    grey = ClassPrompts(Box.from_bounds(*box), [(4, 6, 3)], [], ["fg"])
+    canvas = _full_canvas(np.zeros(image.shape, np.float32))
+    view = engine.ClassView(1, csf, box, None, prev_pred, twins=(grey,))
+    assert engine.click_refit(canvas, image, view, shared_tissue=True)
+    expected = np.zeros(image.shape, bool)
+    expected[:, :, 12:20] = True
+    assert (canvas.mask_full() == expected).all()
+    canvas = _full_canvas(np.zeros(image.shape, np.float32))
+    engine.click_refit(canvas, image, view, shared_tissue=False)  # CT: absolute intensities, no gain
+    assert not canvas.mask_full().any()
+
+
 def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_claims_it():
     """A cortex parcel that spilled into white matter: its negative click there takes the white
     matter out of the whole mask. Where another class's positive click has that intensity (parcels
