@@ -26,12 +26,16 @@ SEED_BASE = 4_000_000
 SHAPE, SPACING = (96, 128, 112), np.array([1.5, 1.3, 1.3])  # (z, y, x) voxels and mm: a 144 x 166 x 146 mm head
 
 
-def brain(seed: int) -> LabelledCase:
-    """Labels 1..K: lobes (even seeds) or the white matter and cortex parcels (odd seeds)."""
+TISSUE_SEEDS = 100  # tissue-labelled brains draw at SEED_BASE + TISSUE_SEEDS + seed
+
+
+def brain(seed: int, tissues: bool = False) -> LabelledCase:
+    """Labels 1..K: lobes (even seeds) or the white matter and cortex parcels (odd seeds); with
+    `tissues`, CSF, grey and white matter (1, 2, 3)."""
     from training import synth  # torch: imported only when procedural cases are built
 
-    rng = np.random.default_rng(SEED_BASE + seed)
-    labelling = "lobes" if seed % 2 == 0 else "cortex"
+    rng = np.random.default_rng(SEED_BASE + (TISSUE_SEEDS if tissues else 0) + seed)
+    labelling = "tissues" if tissues else "lobes" if seed % 2 == 0 else "cortex"
     labels, tissue = synth.brain_scene(rng, SHAPE, SPACING, labelling, clefts=False)
     image = synth.render(rng, tissue, tissue > 0, SPACING, "mr", means=synth.brain_means(rng, "mr"))
     return LabelledCase(f"MR_brain{seed}_{labelling}", image, labels, SPACING[::-1].copy())
@@ -42,8 +46,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 4], metavar=("FIRST", "END"))
     parser.add_argument("--detail", action="store_true", help="the shape and each class's DSC_AUC")
     parser.add_argument("--predictor", choices=sorted(BASELINES) + ["engine"], default="engine")
+    parser.add_argument("--tissues", action="store_true", help="brains labelled by tissue (three twins)")
     args = parser.parse_args(argv)
-    print_box_scores((brain(seed) for seed in range(*args.seeds)), detail=args.detail,
+    print_box_scores((brain(seed, args.tissues) for seed in range(*args.seeds)), detail=args.detail,
                      predict=BASELINES.get(args.predictor))
 
 
