@@ -543,8 +543,8 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     TWIN_RAISE; unheld voxels, the background around a skull-stripped brain, gain nothing).
     Valset ICBM tissue DSC_AUC / DSC_Final 2.723 / 0.710 -> 2.830 / 0.746 (CSF 1.318 -> 1.659),
     at widening seed 7 2.727 / 0.715 -> 2.971 / 0.784; 8 procedural brains labelled by tissue
-    (runs of training.synth.brain_scene "tissues", not in the harness) 1.589 / 0.436 -> 1.667 /
-    0.457. No other valset case has twins in shared tissue."""
+    (`python -m harness.brains --tissues --seeds 0 8`) 1.589 / 0.436 -> 1.667 / 0.457. No other
+    valset case has twins in shared tissue."""
     if not canvas.probs.numel():
         return False
     negatives = [*view.prompts.bg, *(q for t in view.twins for q in t.fg)]
