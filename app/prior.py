@@ -157,11 +157,12 @@ CLICK_NEIGHBOURHOOD = 1  # voxels around a click that sample its intensity (a 3 
 MIN_CLICK_SPREAD = 4.0   # grey levels (of 0..255), the floor of a click's intensity spread
 CLICK_SEPARATION = 3.0   # spreads between an own and an other click's intensity for the other to count
 CLICK_TYPICAL = 2.0      # spreads from an other click's intensity within which a voxel is like it
+MIN_OWN_SAMPLE = 50      # voxels of a previous mask nearest its own level that may stand for an own click
 
 
 def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list,
-              own_sample: np.ndarray | None = None, labelled: list = (), own_evidence: bool = False
-              ) -> np.ndarray | None:
+              own_sample: np.ndarray | None = None, labelled: list = (), own_evidence: bool = False,
+              sample_unlike_others: bool = False) -> np.ndarray | None:
     """Log likelihood ratio, at every voxel of `image[region]` (uint8), of the nearest of the `own` clicks'
     intensities against the nearest of the `others'`: one Gaussian per click, fitted on its
     neighbourhood, with a shared spread; 0 where a voxel is not typical of any other click (a
@@ -169,7 +170,9 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     of about an own click's intensity are dropped. `own_sample`: intensities that count as one
     more own click (its median; not in the spread). `own_evidence`: a voxel typical of an own
     click keeps its (positive) ratio though no other click is near (a twin's gain in
-    engine.click_refit). None when either side has nothing. Why per
+    engine.click_refit). `sample_unlike_others`: the own sample stands for the class by its part
+    nearest its own level (nearest_own_part), as a previous mask can hold more of another tissue
+    than of its own. None when either side has nothing. Why per
     click: the other side holds several tissues (grey matter and CSF against white matter)."""
     if not (own or own_sample is not None) or not others:
         return None
@@ -183,8 +186,12 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
         return np.array([np.median(c) for c in cubes], np.float32)
     own_s, other_s = samples(own), samples(others)
     spread = max(MIN_CLICK_SPREAD, float(np.sqrt(np.mean([c.var() for c in own_s + other_s]))))
-    own_levels = medians(own_s + ([own_sample] if own_sample is not None else []))
     other_levels = medians(other_s)
+    if own_sample is not None and sample_unlike_others:
+        own_sample = nearest_own_part(own_sample, other_levels)
+        if own_sample is None and not own:
+            return None
+    own_levels = medians(own_s + ([own_sample] if own_sample is not None else []))
     # an other click of about an own click's intensity says intensity cannot tell them apart
     keep = np.abs(own_levels[:, None] - other_levels[None]).min(0) >= CLICK_SEPARATION * spread
     if labelled:
@@ -201,6 +208,23 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
         far &= own_d > CLICK_TYPICAL * spread
     table[far] = 0.0
     return table[image[region]]
+
+
+def nearest_own_part(sample: np.ndarray, other_levels: np.ndarray, rounds: int = 10) -> np.ndarray | None:
+    """The part of a previous mask's intensities nearer its own level than any other click's,
+    the own level moved to that part's median until it settles (1D k-means with the other
+    levels fixed); None when fewer than MIN_OWN_SAMPLE voxels are left."""
+    sample = sample.astype(np.float32)
+    level = float(np.median(sample))
+    for _ in range(rounds):
+        part = sample[np.abs(sample - level) < np.abs(sample[:, None] - other_levels[None]).min(1)]
+        if part.size < MIN_OWN_SAMPLE:
+            return None
+        new = float(np.median(part))
+        if abs(new - level) < 0.5:
+            return part
+        level = new
+    return part
 
 
 EDGE_FLOOR = 1e-3  # a level seen on neither side of the box edge is no evidence (llr 0), whatever the sample sizes

@@ -121,6 +121,29 @@ def test_click_llr_lowers_only_where_an_other_click_is_typical():
     assert prior.click_llr(image, everything, [(3, 6, 5)], [(3, 6, 15)]) is None
 
 
+def test_a_mask_mostly_of_an_other_clicks_tissue_stands_for_its_own_by_its_nearest_part():
+    """A twin's previous mask holds 70 % of the tissue of a negative click (dark) and 30 % of its
+    own (mid grey), beside a bright tissue of another negative click. Its whole median is dark,
+    so the negative click is dropped as its own level and nothing is lowered; its nearest part
+    is mid grey, so the dark tissue is lowered and the mid grey kept."""
+    rng = np.random.default_rng(1)
+    image = np.full((6, 12, 30), 120.0)
+    image[:, :, :10] = 60.0
+    image[:, :, 20:] = 200.0
+    image = np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+    everything = (slice(None),) * 3
+    mask = np.zeros(image.shape, bool)
+    mask[:, :, :7] = mask[:, :, 10:13] = True
+    sample, clicks = image[mask], [(3, 6, 4), (3, 6, 25)]
+    whole = prior.click_llr(image, everything, [], clicks, own_sample=sample)
+    assert whole is None or not (whole[:, :, :9] < -3).all()
+    llr = prior.click_llr(image, everything, [], clicks, own_sample=sample, sample_unlike_others=True)
+    assert (llr[:, :, 1:9] < -3).mean() > 0.95 and (llr[:, :, 11:19] == 0).all()  # noise past 2 spreads: 0
+    level = np.median(prior.nearest_own_part(sample, np.array([60.0, 200.0])))
+    assert abs(level - 120) < 5
+    assert prior.nearest_own_part(sample[:40], np.array([60.0, 200.0])) is None  # too few left
+
+
 def test_edge_model_finds_what_meets_the_box_sides_and_skips_sides_at_the_image_border():
     """A bright ring touching its box on every side, a dark inside, grey around: the ring's
     level is the object's, the surroundings' is not; the box centre's level is no evidence for
