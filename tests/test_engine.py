@@ -672,6 +672,28 @@ def test_a_twin_regains_the_tissue_of_its_positive_click_wherever_a_class_holds_
     assert not canvas.mask_full().any()
 
 
+def test_a_tissue_around_parcels_regains_its_tissue_from_them_once_they_are_clicked():
+    """White matter around cortex parcels (each box in its box): the parcels hold the bright
+    white matter beside their dark grey ribbon. After its positive click and theirs, the white
+    matter claims its tissue wherever they hold it, not their grey matter nor the unheld
+    background; around fewer than MIN_CONTENTS parcels (a lobe around one smaller lobe) nothing."""
+    image = np.full((8, 12, 24), 150, np.uint8)
+    image[:, :, 12:] = 60
+    box = (np.zeros(3, int), np.array(image.shape) - 1)
+    prev_pred = np.zeros(image.shape, np.uint8)
+    prev_pred[:, :, 4:20] = 2  # the parcels took white (x < 12) and grey (12 <= x < 20) matter
+    white = ClassPrompts(Box.from_bounds(*box), [(4, 6, 2)], [], ["fg"])
+    parcels = [ClassPrompts(Box.from_bounds((1, 1, 1 + 6 * i), (6, 10, 4 + 6 * i)), [(4, 6, 14)], [], ["fg"])
+               for i in range(engine.MIN_CONTENTS)]
+    for contents, claimed in ((tuple(parcels), slice(4, 12)), (tuple(parcels[:1]), slice(0, 0))):
+        canvas = _full_canvas(np.zeros(image.shape, np.float32))
+        view = engine.ClassView(1, white, box, None, prev_pred, contents=contents)
+        engine.click_refit(canvas, image, view, shared_tissue=True)
+        expected = np.zeros(image.shape, bool)
+        expected[:, :, claimed] = True
+        assert (canvas.mask_full() == expected).all()
+
+
 def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_claims_it():
     """A cortex parcel that spilled into white matter: its negative click there takes the white
     matter out of the whole mask. Where another class's positive click has that intensity (parcels
