@@ -162,7 +162,7 @@ MIN_OWN_SAMPLE = 50      # voxels of a previous mask nearest its own level that 
 
 def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: list,
               own_sample: np.ndarray | None = None, labelled: list = (), own_evidence: bool = False,
-              sample_unlike_others: bool = False) -> np.ndarray | None:
+              sample_unlike_others: bool = False, foreign: list = ()) -> np.ndarray | None:
     """Log likelihood ratio, at every voxel of `image[region]` (uint8), of the nearest of the `own` clicks'
     intensities against the nearest of the `others'`: one Gaussian per click, fitted on its
     neighbourhood, with a shared spread; 0 where a voxel is not typical of any other click (a
@@ -172,7 +172,9 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     click keeps its (positive) ratio though no other click is near (a twin's gain in
     engine.click_refit). `sample_unlike_others`: the own sample stands for the class by its part
     nearest its own level (nearest_own_part), as a previous mask can hold more of another tissue
-    than of its own. None when either side has nothing. Why per
+    than of its own. `foreign`: clicks of a foreign tissue (a twin's positive clicks): an other
+    click of about their intensity counts even when like a `labelled` one. None when either side
+    has nothing. Why per
     click: the other side holds several tissues (grey matter and CSF against white matter)."""
     if not (own or own_sample is not None) or not others:
         return None
@@ -195,7 +197,12 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     # an other click of about an own click's intensity says intensity cannot tell them apart
     keep = np.abs(own_levels[:, None] - other_levels[None]).min(0) >= CLICK_SEPARATION * spread
     if labelled:
-        keep &= np.abs(medians(samples(labelled))[:, None] - other_levels[None]).min(0) >= CLICK_SEPARATION * spread
+        def gap(points):  # each other click's distance to the nearest of `points` (intensity)
+            return np.abs(medians(samples(points))[:, None] - other_levels[None]).min(0)
+        unlabelled = gap(labelled) >= CLICK_SEPARATION * spread
+        if foreign:
+            unlabelled |= gap(foreign) < CLICK_TYPICAL * spread
+        keep &= unlabelled
     if not keep.any():
         return None
     # a table over the 256 grey levels, then one lookup: a body canvas holds 80 M voxels

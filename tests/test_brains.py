@@ -18,7 +18,17 @@ def test_brain_cases_are_parcels_of_one_mr_brain_that_the_engine_sees_as_parcels
 
 
 def test_tissue_brains_are_three_twins_in_one_brain_box():
-    case = brain(0, tissues=True)
+    case = brain(0, "tissues")
     assert case.name == "MR_brain0_tissues" and case.num_classes == 3
     views = organiser_views(case)
     assert all(len(v.twins) == 2 for v in views)  # CSF, grey and white matter share about one box
+
+
+def test_aseg_brains_hold_twins_a_container_of_nuclei_and_a_csf_box_around_all():
+    case = brain(0, "aseg")
+    assert case.name == "MR_brain0_aseg" and case.num_classes == 13
+    views = organiser_views(case)
+    cortex, white, csf = views[8:10], views[10:12], views[12]
+    assert all(len(v.twins) >= 1 for v in (*cortex, *white))  # a hemisphere's cortex and white matter
+    assert all(len(v.contents) >= 4 for v in white)  # each holds its side's nuclei
+    assert csf.holds_a_box and len(csf.contents) >= 8

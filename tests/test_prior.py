@@ -115,6 +115,9 @@ def test_click_llr_lowers_only_where_an_other_click_is_typical():
     assert prior.click_llr(image, everything, [], [(3, 6, 15)]) is None
     # a negative click like another class's positive click marks a neighbour of the same tissue
     assert prior.click_llr(image, everything, [(3, 6, 5)], [(3, 6, 15)], labelled=[(1, 1, 12)]) is None
+    # ... unless a twin's positive click says that tissue is foreign to this class
+    twin = prior.click_llr(image, everything, [(3, 6, 5)], [(3, 6, 15)], labelled=[(1, 1, 12)], foreign=[(2, 2, 16)])
+    assert (twin == llr).all()
     with_own_sample = prior.click_llr(image, everything, [], [(3, 6, 15)], own_sample=image[:, :, :10].ravel())
     assert (with_own_sample == llr).all()
     image[:, :, 10:20] = 152
