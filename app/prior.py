@@ -222,9 +222,10 @@ def nearest_own_part(sample: np.ndarray, other_levels: np.ndarray, rounds: int =
     the own level moved to that part's median until it settles (1D k-means with the other
     levels fixed); None when fewer than MIN_OWN_SAMPLE voxels are left."""
     sample = sample.astype(np.float32)
+    to_others = np.abs(sample[:, None] - other_levels[None]).min(1)  # fixed: only the own level moves
     level = float(np.median(sample))
     for _ in range(rounds):
-        part = sample[np.abs(sample - level) < np.abs(sample[:, None] - other_levels[None]).min(1)]
+        part = sample[np.abs(sample - level) < to_others]
         if part.size < MIN_OWN_SAMPLE:
             return None
         new = float(np.median(part))
