@@ -74,6 +74,7 @@ class ClassPrompts:
     fg: list[tuple[int, int, int]]
     bg: list[tuple[int, int, int]]
     order: list[str | None]
+    text: str = ""  # the class's text prompt (iteration 0 only, as the organisers send it), or ""
 
     @property
     def newest_click(self) -> tuple[tuple[int, int, int], bool] | None:
@@ -244,12 +245,13 @@ def _build_case(name: str, data: dict, image: np.ndarray) -> Case:
     orders = _no_orders(k)
     if clicks is not None:
         orders = _member(name, "clicks_order", orders, _click_orders, name, data.get("clicks_order"), k)
+    texts = _member(name, "text_prompts", {}, _text_prompts, data.get("text_prompts"))
     prompts = []
     for c in range(k):
         box = None if boxes is None else _member(name, f"class {c + 1} box", None, _box, name, c, boxes[c], shape)
         fg, bg = ([], []) if clicks is None else _member(
             name, f"class {c + 1} clicks", ([], []), _clicks, name, c, clicks[c], shape)
-        prompts.append(ClassPrompts(box=box, fg=fg, bg=bg, order=orders[c]))
+        prompts.append(ClassPrompts(box=box, fg=fg, bg=bg, order=orders[c], text=texts.get(c + 1, "")))
 
     iteration = max((len(o) for o in orders), default=0)
     if clicks is not None and iteration == 0 and any(p.fg or p.bg for p in prompts):
@@ -296,6 +298,18 @@ def _optional_sequence(value: np.ndarray | None) -> list | None:
     elif value.ndim != 1:
         raise ValueError(f"shape {value.shape}, not (K,)")
     return list(value)
+
+
+def _text_prompts(value: np.ndarray | None) -> dict[int, str]:
+    """text_prompts: a 0-d object array holding {"1": "description", ..., "instance_label": 0};
+    returns {label: text} for the entries whose key is a class label and whose value is text."""
+    if value is None:
+        return {}
+    prompts = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+    if not isinstance(prompts, dict):
+        raise TypeError(f"a {type(prompts).__name__}, not a dict")
+    return {int(key): text for key, text in prompts.items()
+            if str(key).strip().isdigit() and isinstance(text, str)}
 
 
 def _spacing(name: str, value: np.ndarray | None) -> np.ndarray:

@@ -48,7 +48,23 @@ def brain(seed: int, labelling: str = "parcels") -> LabelledCase:
         labels, tissue = aseg_labels(rng, tissue)
     image = synth.render(rng, tissue, tissue > 0, SPACING, "mr", means=synth.brain_means(rng, "mr"))
     name = scene if labelling == "parcels" else labelling
-    return LabelledCase(f"MR_brain{seed}_{name}", image, labels, SPACING[::-1].copy())
+    return LabelledCase(f"MR_brain{seed}_{name}", image, labels, SPACING[::-1].copy(), texts(scene, int(labels.max())))
+
+
+NUCLEI_NAMES = ("thalamus", "caudate", "putamen", "pallidum")  # NUCLEI_MM's, in order
+ASEG_NAMES = (*(f"{side} {n}" for side in ("Right", "Left") for n in NUCLEI_NAMES), "Left cerebral cortex",
+              "Right cerebral cortex", "Left cerebral white matter", "Right cerebral white matter",
+              "Cerebrospinal fluid")  # aseg_labels' classes, in order
+
+
+def texts(scene: str, classes: int) -> dict[int, str]:
+    """Text prompts the way the organisers write them ("Gray matter in brain MRI"): what each
+    label of a scene is; {} when the labels are not the scene's usual ones (a class too small)."""
+    names = {"lobes": [f"Brain lobe {k}" for k in range(1, classes + 1)],
+             "cortex": ["Cerebral white matter", *(f"Cortical parcel {k}" for k in range(1, classes))],
+             "tissues": ["Cerebrospinal fluid", "Gray matter", "White matter"],
+             "whole": list(ASEG_NAMES)}[scene]
+    return {k: f"{name} in brain MRI" for k, name in enumerate(names, 1)} if len(names) == classes else {}
 
 
 def aseg_labels(rng, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

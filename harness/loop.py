@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class LabelledCase:
     imgs: np.ndarray
     gts: np.ndarray
     spacing: np.ndarray  # stored (x, y, z) order, as in the challenge files
+    texts: dict[int, str] = field(default_factory=dict)  # text prompts per label, sent at iteration 0
 
     @property
     def num_classes(self) -> int:
@@ -59,7 +60,9 @@ class LabelledCase:
 def load_labelled(path: Path) -> LabelledCase:
     """A training-style npz (imgs, gts, spacing); labels must be 1..K as the organisers assume."""
     with np.load(path, allow_pickle=True) as data:
-        case = LabelledCase(Path(path).stem, data["imgs"], data["gts"].astype(np.uint8), data["spacing"])
+        texts = data["text_prompts"].item() if "text_prompts" in data.files else {}
+        case = LabelledCase(Path(path).stem, data["imgs"], data["gts"].astype(np.uint8), data["spacing"],
+                            {int(k): v for k, v in texts.items() if str(k).isdigit()})
     labels = np.unique(case.gts)
     if not np.array_equal(labels[labels > 0], np.arange(1, case.num_classes + 1)):
         raise ValueError(f"{path}: labels {labels.tolist()} are not contiguous 1..K")
@@ -145,10 +148,14 @@ def read_output(path: Path, shape: tuple) -> tuple[np.ndarray, str | None]:
 
 
 def iteration_input(case: LabelledCase, boxes, clicks, clicks_order, prev_pred) -> dict:
-    """The npz members the organisers write for one iteration (clicks None at iteration 0)."""
+    """The npz members the organisers write for one iteration (clicks None at iteration 0, the
+    only one with text prompts)."""
     arrays = {"imgs": case.imgs, "spacing": case.spacing}
     if boxes is not None:
         arrays["boxes"] = boxes
+    if clicks is None and case.texts:
+        texts = {str(label): text for label, text in case.texts.items()}
+        arrays["text_prompts"] = np.array(dict(texts, instance_label=0), dtype=object)
     if clicks is not None:
         packed = np.empty(len(clicks), dtype=object)
         packed[:] = [{"fg": list(c["fg"]), "bg": list(c["bg"])} for c in clicks]

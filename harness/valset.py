@@ -133,6 +133,7 @@ class Layer:
     task: str
     mask: np.ndarray
     real: bool = False  # a real annotation: kept as it is (no small-component removal)
+    text: str = ""  # the class's text prompt, as the organisers write one (iteration 0)
 
 
 @dataclass
@@ -279,8 +280,9 @@ def finish(name: str, imgs: np.ndarray, spacing_xyz, layers: list[Layer], *, box
         gts[mask] = len(classes) + 1
         coords = np.argwhere(mask)
         extent = coords.max(axis=0) - coords.min(axis=0) + 1
+        text = {"text": layer.text} if layer.text else {}
         classes.append({"label": len(classes) + 1, "name": layer.name, "task": layer.task, "voxels": voxels,
-                        "box_fill": round(voxels / float(np.prod(extent)), 4)})
+                        "box_fill": round(voxels / float(np.prod(extent)), 4), **text})
     return ValCase(name, np.ascontiguousarray(imgs, np.uint8), gts, np.asarray(spacing_xyz, float), classes, box,
                    source, licence, notes or {})
 
@@ -402,8 +404,9 @@ def icbm_cases(path: Path) -> list[ValCase]:
     d = load_npz(path)
     imgs, gts, spacing = d["imgs"], d["gts"], d["spacing"]
     tissue = finish("MR_valset_icbm_tissue", imgs, spacing,
-                    [Layer("gm", "thin", gts == 1, real=True), Layer("wm", "organ", gts == 2, real=True),
-                     Layer("csf", "thin", gts == 3, real=True)],
+                    [Layer("gm", "thin", gts == 1, real=True, text="Gray matter in brain MRI"),
+                     Layer("wm", "organ", gts == 2, real=True, text="White matter in brain MRI"),
+                     Layer("csf", "thin", gts == 3, real=True, text="Cerebrospinal fluid in brain MRI")],
                     box=True, source=f"{path.name}, labels as they are", licence=LICENCES["icbm"])
     brain = (gts == 1) | (gts == 2)
     spacing_zyx = np.asarray(spacing, float)[::-1]
@@ -590,7 +593,9 @@ def describe(case: ValCase) -> str:
 def write(case: ValCase, out: Path) -> dict:
     labels = np.unique(case.gts)
     assert np.array_equal(labels[labels > 0], np.arange(1, case.num_classes + 1)), case.name
-    np.savez_compressed(out / f"{case.name}.npz", imgs=case.imgs, gts=case.gts, spacing=case.spacing)
+    texts = {str(c["label"]): c["text"] for c in case.classes if "text" in c}
+    extra = {"text_prompts": np.array(dict(texts, instance_label=0), dtype=object)} if texts else {}
+    np.savez_compressed(out / f"{case.name}.npz", imgs=case.imgs, gts=case.gts, spacing=case.spacing, **extra)
     return {"box": case.box, "modality": case.name.split("_", 1)[0], "source": case.source, "licence": case.licence,
             "shape": list(case.gts.shape), "spacing_xyz": [float(v) for v in case.spacing], "classes": case.classes,
             **case.notes}

@@ -1,6 +1,7 @@
 """The procedural brains of harness.brains: touching parcels whose boxes overlap, as the engine's
 parcel rules (ClassView.parcel) expect, labelled on the brain alone."""
 
+from app.tissue import CSF, GREY, WHITE, tissue_of
 from harness.brains import brain
 from tests.npzcase import organiser_views
 
@@ -22,6 +23,9 @@ def test_tissue_brains_are_three_twins_in_one_brain_box():
     assert case.name == "MR_brain0_tissues" and case.num_classes == 3
     views = organiser_views(case)
     assert all(len(v.twins) == 2 for v in views)  # CSF, grey and white matter share about one box
+    assert [tissue_of(case.texts[k]) for k in (1, 2, 3)] == [CSF, GREY, WHITE]
+    assert (case.imgs[case.gts == 1].mean() - case.imgs[case.gts == 2].mean()) * (
+        case.imgs[case.gts == 3].mean() - case.imgs[case.gts == 2].mean()) < 0  # grey between, T1 or T2
 
 
 def test_aseg_brains_hold_twins_a_container_of_nuclei_and_a_csf_box_around_all():
@@ -32,3 +36,5 @@ def test_aseg_brains_hold_twins_a_container_of_nuclei_and_a_csf_box_around_all()
     assert all(len(v.twins) >= 1 for v in (*cortex, *white))  # a hemisphere's cortex and white matter
     assert all(len(v.contents) >= 4 for v in white)  # each holds its side's nuclei
     assert csf.holds_a_box and len(csf.contents) >= 8
+    tissues = [tissue_of(case.texts[k]) for k in range(1, 14)]  # named as the organisers would
+    assert tissues == [None] * 8 + [GREY, GREY, WHITE, WHITE, CSF]

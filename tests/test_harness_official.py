@@ -52,3 +52,14 @@ def test_clicks_order_dtype_follows_the_organisers():
     assert plain.dtype == np.dtype("<U2") and plain.shape == (1, 1)
     assert with_none.dtype == object and with_none.shape == (1, 2)
     assert "boxes" not in iteration_input(case, None, clicks, [["fg"]], prev)
+
+
+def test_text_prompts_go_out_at_iteration_zero_only():
+    """The organisers drop text_prompts after iteration 0 (challenge-contract.md)."""
+    case = load_labelled("tests/data/labelled/MR_PyRadiomics_breast1.npz")
+    case.texts = {1: "Breast lesion in MRI"}
+    first = iteration_input(case, [{"z_min": 0}], None, None, None)
+    assert first["text_prompts"].item() == {"1": "Breast lesion in MRI", "instance_label": 0}
+    later = iteration_input(case, [{"z_min": 0}], [{"fg": [[1, 2, 3]], "bg": []}], [["fg"]],
+                            np.zeros(case.imgs.shape, np.uint8))
+    assert "text_prompts" not in later

@@ -389,10 +389,13 @@ def test_float_imgs_are_converted_with_one_warning(tmp_path, capsys):
     assert capsys.readouterr().err.count("'imgs' is float32") == 1
 
 
-def test_text_prompts_are_ignored(tmp_path):
-    prompts = np.array({"1": "liver", "instance_label": 0}, dtype=object)
-    case = load_case(write(tmp_path / "t.npz", boxes=objects([box()]), text_prompts=prompts))
-    assert case.num_classes == 1
+def test_text_prompts_name_their_classes_and_a_bad_one_costs_only_the_texts(tmp_path, capsys):
+    prompts = np.array({"1": "liver", "2": 7, "instance_label": 0}, dtype=object)
+    case = load_case(write(tmp_path / "t.npz", boxes=objects([box(), box(), box()]), text_prompts=prompts))
+    assert [p.text for p in case.prompts] == ["liver", "", ""]  # a number is no text; class 3 has none
+    case = load_case(write(tmp_path / "b.npz", boxes=objects([box()]), text_prompts=np.array(["liver"])))
+    assert case.num_classes == 1 and case.prompts[0].box is not None and case.prompts[0].text == ""
+    assert "text_prompts unreadable" in capsys.readouterr().err
 
 
 def test_write_segs_atomic_roundtrip(tmp_path):

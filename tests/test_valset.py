@@ -60,7 +60,7 @@ def test_abdomen_ct_rules_on_a_crop():
     assert [c["name"] for c in case.classes] == ["body", "bone", "lung_bases"]
 
 
-def test_icbm_tissue_is_kept_and_parcels_touch_within_hemispheres():
+def test_icbm_tissue_is_kept_and_parcels_touch_within_hemispheres(tmp_path):
     from scipy import ndimage
 
     path = source("MR_ICBM152_tissue")
@@ -68,6 +68,10 @@ def test_icbm_tissue_is_kept_and_parcels_touch_within_hemispheres():
     truth = loop.load_labelled(path).gts
     check(tissue, ["thin", "organ", "thin"])
     assert np.array_equal(tissue.gts, truth)
+    valset.write(tissue, tmp_path)  # with the real input's text prompts, for iteration 0
+    written = loop.load_labelled(tmp_path / f"{tissue.name}.npz")
+    assert written.texts == {1: "Gray matter in brain MRI", 2: "White matter in brain MRI",
+                             3: "Cerebrospinal fluid in brain MRI"}
     for case, region in ((parcels, (truth == 1) | (truth == 2)), (cortex, truth == 1)):
         check(case, ["parcel"] * 2 * valset.PARCELS_PER_SIDE)
         assert np.array_equal(case.imgs, tissue.imgs)
