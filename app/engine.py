@@ -536,10 +536,16 @@ def box_on_canvas(canvas: ClassCanvas, box: Box) -> tuple[tuple[slice, ...], tup
 
 def named_tissue(view: ClassView) -> str | None:
     """The brain tissue a class's text names (app.tissue) when a class it could be taken for (a
-    twin, container or content) is named as another tissue, else None."""
+    twin, container or content) is named as another tissue, else None; None for a parcel too
+    (ClassView.parcel: a cortex parcel shares its level with its neighbours, which a tissue
+    model cannot tell apart). Procedural cortex brains named "Cortical parcel k" and "Cerebral
+    white matter" (harness.brains), DSC_AUC seeds 1/3/5/7 (chosen on) 2.267 / 1.585 / 2.522 /
+    1.934 -> 2.210 / 1.451 / 2.547 / 2.096 with the parcels' rule, 2.192 / 1.413 / 2.701 / 2.063
+    only lowering; held-out 9/11/13/15 1.715 / 1.675 / 2.403 / 2.580 -> 1.224 / 1.529 / 2.471 /
+    2.589 only lowering."""
     tissue = tissue_of(view.prompts.text)
     related = {tissue_of(p.text) for p in (*view.twins, *view.containers, *view.contents)}
-    return tissue if tissue and related - {None, tissue} else None
+    return tissue if tissue and not view.parcel and related - {None, tissue} else None
 
 
 def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, spacing, brain: np.ndarray,
@@ -553,7 +559,17 @@ def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, s
     and the box prior, which give twins about the same mask) lies in the core of the box
     (CORE_RADIUS of its ellipse), and only trusted when it holds three clearly separate tissues.
     Fitted on the whole core, it took a procedural brain's skull and background for a tissue
-    and squeezed the three into two (aseg brain 3: DSC_AUC 2.617 -> 2.015)."""
+    and squeezed the three into two (aseg brain 3: DSC_AUC 2.617 -> 2.015). Without `keep_out`
+    grey matter outbid the nuclei (aseg brains 4 / 5: 2.551 / 2.627, with it 2.609 / 2.722).
+
+    Why: tissue twins are a coin toss before the first click (the box-edge models, fuse_edges,
+    tell grey matter from white where their boxes differ, and CSF not at all). Valset ICBM tissue
+    (real T1; SEPARATION was set on this image's mixture) DSC_AUC / DSC_Final 2.859 / 0.756 ->
+    3.127 / 0.784, CSF at round 0 0.000 -> 0.547; the same with Gaussian noise of sd 10 / 20 grey
+    levels and a 15 % bias field (not chosen on) 2.672 / 2.647 -> 2.999 / 2.941. Procedural
+    brains, whose tissues overlap far more and so mostly fail SEPARATION: tissue brains seeds 0-7
+    1.756 -> 1.920, held-out 8-15 1.965 -> 1.992; aseg-like brains 0-11 2.620 / 0.674 -> 2.635 /
+    0.678; lobe and cortex brains unchanged (parcels are left out, named_tissue)."""
     if not canvas.probs.numel():
         return False
     inside, on_canvas = box_on_canvas(canvas, box)
