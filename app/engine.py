@@ -536,16 +536,17 @@ def box_on_canvas(canvas: ClassCanvas, box: Box) -> tuple[tuple[slice, ...], tup
 
 def named_tissue(view: ClassView) -> str | None:
     """The brain tissue a class's text names (app.tissue) when a class it could be taken for (a
-    twin, container or content) is named as another tissue, else None; None for a parcel too
-    (ClassView.parcel: a cortex parcel shares its level with its neighbours, which a tissue
-    model cannot tell apart). Procedural cortex brains named "Cortical parcel k" and "Cerebral
+    twin, container or content; for a parcel, a twin only) is named as another tissue, else None.
+    Why a parcel's container and contents do not count (ClassView.parcel: cortex parcels under
+    one white matter): a cortex parcel shares its level with its neighbours, which a tissue
+    model cannot tell apart. Procedural cortex brains named "Cortical parcel k" and "Cerebral
     white matter" (harness.brains), DSC_AUC seeds 1/3/5/7 (chosen on) 2.267 / 1.585 / 2.522 /
     1.934 -> 2.210 / 1.451 / 2.547 / 2.096 with the parcels' rule, 2.192 / 1.413 / 2.701 / 2.063
     only lowering; held-out 9/11/13/15 1.715 / 1.675 / 2.403 / 2.580 -> 1.224 / 1.529 / 2.471 /
-    2.589 only lowering."""
+    2.589 only lowering. A hemisphere's cortex is a parcel too, beside its twin white matter."""
     tissue = tissue_of(view.prompts.text)
-    related = {tissue_of(p.text) for p in (*view.twins, *view.containers, *view.contents)}
-    return tissue if tissue and not view.parcel and related - {None, tissue} else None
+    related = view.twins if view.parcel else (*view.twins, *view.containers, *view.contents)
+    return tissue if tissue and {tissue_of(p.text) for p in related} - {None, tissue} else None
 
 
 def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, spacing, brain: np.ndarray,
