@@ -575,11 +575,14 @@ def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, s
         return False
     inside, on_canvas = box_on_canvas(canvas, box)
     radius, in_z = box_radius(box, inside)
+    padding = int(image.min()) + 1
     sample = image[inside][brain[on_canvas] & in_z & (radius < CORE_RADIUS)]
-    table = tissue_llr(sample, tissue, padding=int(image.min()) + 1)
+    table = tissue_llr(sample, tissue, padding)
     if table is None:
         return False
     llr = llr_in_box(canvas, image, box, table, spacing)
+    if os.environ.get("SEGFM_RIM", "1") == "1":
+        llr[on_canvas][ndimage.binary_dilation(image[inside] <= padding)] = 0.0
     for other in keep_out:
         _, on_canvas = box_on_canvas(canvas, other)
         np.minimum(llr[on_canvas], 0.0, out=llr[on_canvas])

@@ -93,3 +93,18 @@ def test_a_named_tissue_only_lowers_inside_the_boxes_of_unnamed_classes_it_holds
     probs = canvas.probs.numpy()
     assert probs[19, 19, 19] == np.float32(0.6)  # not raised in the nucleus's box
     assert np.median(probs[tissue == 2]) > 0.9  # raised in the ribbon
+
+
+def test_the_rim_of_a_skull_stripped_brain_is_left_to_the_network():
+    """Next to the padding a voxel mixes tissue with nothing, at CSF's level in T1, so no named
+    tissue gains or loses there: the ICBM template's CSF took that rim (5.3 k voxels outside the
+    brain at round 0)."""
+    image, tissue = brain(t1=True)
+    canvas = engine.ClassCanvas(image.shape)
+    canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
+    canvas.probs = torch.full(image.shape, 0.6)
+    assert engine.fuse_tissue(canvas, image, BOX, CSF, (1.0, 1.0, 1.0), np.ones(image.shape, bool))
+    probs = canvas.probs.numpy()
+    rim = (tissue == 1) & (np.arange(40)[None, None, :] == 3)  # the outer CSF, beside the padding
+    assert rim.any() and (probs[rim] == np.float32(0.6)).all()
+    assert np.median(probs[17:22, 17:22, 15:25]) > 0.9  # the ventricle, inside, gains
