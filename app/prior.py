@@ -214,6 +214,11 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     if own_evidence:  # ... unless typical of an own click
         far &= own_d > CLICK_TYPICAL * spread
     table[far] = 0.0
+    if own_evidence and foreign:
+        # a level typical of a twin's positive click is no own evidence, even where that click
+        # was dropped above as about an own click's level (a wide spread from a thin tissue's click)
+        near = np.abs(levels - medians(samples(foreign))[None]).min(1) <= CLICK_TYPICAL * spread
+        np.minimum(table, 0.0, out=table, where=near)
     return table[image[region]]
 
 
