@@ -561,20 +561,21 @@ def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, s
     (CORE_RADIUS of its ellipse), and only trusted when it holds three clearly separate tissues.
     Beside a skull-stripped scan's padding a voxel mixes tissue with nothing, at CSF's level in
     T1, so the rule leaves that rim to the network: the ICBM template's CSF took 5.3 k voxels
-    outside the brain there, and its background clicks then each cost a little DSC (valset ICBM tissue
-    DSC_AUC 3.127 -> 3.228, clicks lowering DSC 7 -> 5 of 15; chosen on that case).
+    outside the brain there, and its background clicks then each cost a little DSC (valset ICBM
+    tissue DSC_AUC 3.127 -> 3.228, clicks lowering DSC 7 -> 5 of 15; chosen on that case).
     Fitted on the whole core, it took a procedural brain's skull and background for a tissue
     and squeezed the three into two (aseg brain 3: DSC_AUC 2.617 -> 2.015). Without `keep_out`
     grey matter outbid the nuclei (aseg brains 4 / 5: 2.551 / 2.627, with it 2.609 / 2.722).
 
     Why: tissue twins are a coin toss before the first click (the box-edge models, fuse_edges,
-    tell grey matter from white where their boxes differ, and CSF not at all). Valset ICBM tissue
-    (real T1; SEPARATION was set on this image's mixture) DSC_AUC / DSC_Final 2.859 / 0.756 ->
-    3.127 / 0.784, CSF at round 0 0.000 -> 0.547; the same with Gaussian noise of sd 10 / 20 grey
-    levels and a 15 % bias field (not chosen on) 2.672 / 2.647 -> 2.999 / 2.941. Procedural
+    tell grey matter from white where their boxes differ, and CSF not at all). With the rim rule
+    and app.prior.click_llr's veto on a twin's gain: valset ICBM tissue (real T1; SEPARATION was
+    set on this image's mixture) DSC_AUC / DSC_Final 2.859 / 0.756 -> 3.228 / 0.808, CSF at round
+    0 0.000 -> 0.663; at widening seed 7 2.970 -> 3.056; with Gaussian noise of sd 10 / 20 grey
+    levels and a 15 % bias field (not chosen on) 2.672 / 2.647 -> 2.799 / 3.053. Procedural
     brains, whose tissues overlap far more and so mostly fail SEPARATION: tissue brains seeds 0-7
-    1.756 -> 1.920, held-out 8-15 1.965 -> 1.992; aseg-like brains 0-11 2.620 / 0.674 -> 2.635 /
-    0.678; lobe and cortex brains unchanged (parcels are left out, named_tissue)."""
+    1.756 -> 1.908, 8-15 1.965 -> 1.995; aseg-like brains 0-11 2.620 / 0.674 -> 2.635 / 0.678;
+    lobe and cortex brains unchanged (parcels are left out, named_tissue)."""
     if not canvas.probs.numel():
         return False
     inside, on_canvas = box_on_canvas(canvas, box)
