@@ -586,10 +586,10 @@ def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, s
     if table is None:
         return False
     llr = llr_in_box(canvas, image, box, table, spacing)
-    llr[on_canvas][ndimage.binary_dilation(image[inside] <= padding)] = 0.0  # a stripped brain's rim: see below
+    llr[on_canvas][ndimage.binary_dilation(image[inside] <= padding)] = 0.0  # a stripped brain's rim
     for other in keep_out:
-        _, on_canvas = box_on_canvas(canvas, other)
-        np.minimum(llr[on_canvas], 0.0, out=llr[on_canvas])
+        _, there = box_on_canvas(canvas, other)
+        np.minimum(llr[there], 0.0, out=llr[there])
     shift_logits(canvas, llr, TISSUE_STRENGTH)
     return True
 
