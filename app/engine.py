@@ -839,10 +839,10 @@ class ClassSegmenter:
                 and fuse_edges(canvas, self.image.numpy(), view.prompts.box, twins, self.spacing,
                                past_widening=not (self.shared_tissue or view.lining))):
             steps = (*steps, "edges")
-        keep_out = tuple(p.box for p in view.contents if p.box is not None and tissue_of(p.text) is None)
-        if tissue and fuse_tissue(canvas, self.image.numpy(), view.prompts.box, tissue, self.spacing, brain,
-                                  keep_out):
-            steps = (*steps, "tissue")
+        if tissue:
+            keep_out = tuple(p.box for p in view.contents if p.box is not None and tissue_of(p.text) is None)
+            if fuse_tissue(canvas, self.image.numpy(), view.prompts.box, tissue, self.spacing, brain, keep_out):
+                steps = (*steps, "tissue")
         newest = view.prompts.newest_click
         if roi is not None and newest is not None and (roi.zoomed or not roi.contains(newest[0])):
             self.local_pass(canvas, view, newest[0])

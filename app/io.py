@@ -245,7 +245,7 @@ def _build_case(name: str, data: dict, image: np.ndarray) -> Case:
     orders = _no_orders(k)
     if clicks is not None:
         orders = _member(name, "clicks_order", orders, _click_orders, name, data.get("clicks_order"), k)
-    texts = _member(name, "text_prompts", {}, _text_prompts, data.get("text_prompts"))
+    texts = _member(name, "text_prompts", {}, read_text_prompts, data.get("text_prompts"))
     prompts = []
     for c in range(k):
         box = None if boxes is None else _member(name, f"class {c + 1} box", None, _box, name, c, boxes[c], shape)
@@ -300,7 +300,7 @@ def _optional_sequence(value: np.ndarray | None) -> list | None:
     return list(value)
 
 
-def _text_prompts(value: np.ndarray | None) -> dict[int, str]:
+def read_text_prompts(value: np.ndarray | None) -> dict[int, str]:
     """text_prompts: a 0-d object array holding {"1": "description", ..., "instance_label": 0};
     returns {label: text} for the entries whose key is a class label and whose value is text."""
     if value is None:
@@ -310,6 +310,11 @@ def _text_prompts(value: np.ndarray | None) -> dict[int, str]:
         raise TypeError(f"a {type(prompts).__name__}, not a dict")
     return {int(key): text for key, text in prompts.items()
             if str(key).strip().isdigit() and isinstance(text, str)}
+
+
+def pack_text_prompts(texts: dict[int, str]) -> np.ndarray:
+    """{label: text} as the organisers store text_prompts (read_text_prompts reads it back)."""
+    return np.array(dict({str(label): text for label, text in texts.items()}, instance_label=0), dtype=object)
 
 
 def _spacing(name: str, value: np.ndarray | None) -> np.ndarray:

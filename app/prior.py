@@ -176,9 +176,8 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     click of about their intensity counts even when like a `labelled` one, and with
     `own_evidence` no level typical of one gains (ICBM tissue at widening seed 7: a CSF click's
     wide cube dropped the grey matter's click, and CSF's gain took the grey matter; DSC_AUC
-    2.907 -> 3.056). None when either side
-    has nothing. Why per
-    click: the other side holds several tissues (grey matter and CSF against white matter)."""
+    2.907 -> 3.056). None when either side has nothing. Why per click: the other side holds
+    several tissues (grey matter and CSF against white matter)."""
     if not (own or own_sample is not None) or not others:
         return None
     def samples(points):
@@ -199,12 +198,13 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     own_levels = medians(own_s + ([own_sample] if own_sample is not None else []))
     # an other click of about an own click's intensity says intensity cannot tell them apart
     keep = np.abs(own_levels[:, None] - other_levels[None]).min(0) >= CLICK_SEPARATION * spread
+    foreign_levels = medians(samples(foreign))
     if labelled:
-        def gap(points):  # each other click's distance to the nearest of `points` (intensity)
-            return np.abs(medians(samples(points))[:, None] - other_levels[None]).min(0)
-        unlabelled = gap(labelled) >= CLICK_SEPARATION * spread
+        def gap(levels):  # each other click's distance to the nearest of `levels`
+            return np.abs(levels[:, None] - other_levels[None]).min(0)
+        unlabelled = gap(medians(samples(labelled))) >= CLICK_SEPARATION * spread
         if foreign:
-            unlabelled |= gap(foreign) < CLICK_TYPICAL * spread
+            unlabelled |= gap(foreign_levels) < CLICK_TYPICAL * spread
         keep &= unlabelled
     if not keep.any():
         return None
@@ -220,7 +220,7 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     if own_evidence and foreign:
         # a level typical of a twin's positive click is no own evidence, even where that click
         # was dropped above as about an own click's level (a wide spread from a thin tissue's click)
-        near = np.abs(levels - medians(samples(foreign))[None]).min(1) <= CLICK_TYPICAL * spread
+        near = np.abs(levels - foreign_levels[None]).min(1) <= CLICK_TYPICAL * spread
         np.minimum(table, 0.0, out=table, where=near)
     return table[image[region]]
 

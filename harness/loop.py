@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.io import pack_text_prompts, read_text_prompts
 from harness import metrics
 from harness.official import BOX_SEED, add_clicks, boxes_from_labels
 
@@ -60,9 +61,8 @@ class LabelledCase:
 def load_labelled(path: Path) -> LabelledCase:
     """A training-style npz (imgs, gts, spacing); labels must be 1..K as the organisers assume."""
     with np.load(path, allow_pickle=True) as data:
-        texts = data["text_prompts"].item() if "text_prompts" in data.files else {}
         case = LabelledCase(Path(path).stem, data["imgs"], data["gts"].astype(np.uint8), data["spacing"],
-                            {int(k): v for k, v in texts.items() if str(k).isdigit()})
+                            read_text_prompts(data["text_prompts"] if "text_prompts" in data.files else None))
     labels = np.unique(case.gts)
     if not np.array_equal(labels[labels > 0], np.arange(1, case.num_classes + 1)):
         raise ValueError(f"{path}: labels {labels.tolist()} are not contiguous 1..K")
@@ -154,8 +154,7 @@ def iteration_input(case: LabelledCase, boxes, clicks, clicks_order, prev_pred) 
     if boxes is not None:
         arrays["boxes"] = boxes
     if clicks is None and case.texts:
-        texts = {str(label): text for label, text in case.texts.items()}
-        arrays["text_prompts"] = np.array(dict(texts, instance_label=0), dtype=object)
+        arrays["text_prompts"] = pack_text_prompts(case.texts)
     if clicks is not None:
         packed = np.empty(len(clicks), dtype=object)
         packed[:] = [{"fg": list(c["fg"]), "bg": list(c["bg"])} for c in clicks]

@@ -109,6 +109,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from app.io import pack_text_prompts
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "samples"
 SEARCH = [REPO / "tests" / "data" / "labelled", SHARED / "labelled", SHARED / "inputs"]
@@ -593,8 +595,8 @@ def describe(case: ValCase) -> str:
 def write(case: ValCase, out: Path) -> dict:
     labels = np.unique(case.gts)
     assert np.array_equal(labels[labels > 0], np.arange(1, case.num_classes + 1)), case.name
-    texts = {str(c["label"]): c["text"] for c in case.classes if "text" in c}
-    extra = {"text_prompts": np.array(dict(texts, instance_label=0), dtype=object)} if texts else {}
+    texts = {c["label"]: c["text"] for c in case.classes if "text" in c}
+    extra = {"text_prompts": pack_text_prompts(texts)} if texts else {}
     np.savez_compressed(out / f"{case.name}.npz", imgs=case.imgs, gts=case.gts, spacing=case.spacing, **extra)
     return {"box": case.box, "modality": case.name.split("_", 1)[0], "source": case.source, "licence": case.licence,
             "shape": list(case.gts.shape), "spacing_xyz": [float(v) for v in case.spacing], "classes": case.classes,
