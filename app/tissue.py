@@ -22,7 +22,10 @@ GREY, WHITE, CSF = "grey", "white", "csf"
 # (tissue, words) checked in order: "cortical white matter" is white, "ventricle" is CSF
 WORDS = ((CSF, ("cerebrospinal", "csf", "ventricle")), (WHITE, ("white matter",)),
          (GREY, ("gray matter", "grey matter", "cortex", "cortical", "gyrus")))
-NOT_BRAIN = ("subcortical", "renal", "adrenal", "kidney", "bone")  # "cortex" of other organs, deep nuclei
+# "cortex" of other organs, deep nuclei, and lesions named by their tissue ("White matter
+# hyperintensities", the challenge's WMH task: a lesion is not its tissue's intensity)
+NOT_BRAIN = ("subcortical", "renal", "adrenal", "kidney", "bone", "hyperintens", "lesion", "tumo", "infarct",
+             "stroke", "edema", "oedema", "metasta")
 BRAIN_WORDS = ("brain", "cerebr", "cortex", "matter", "gyrus", "ventricle", "csf")
 SEPARATION = 1.25  # neighbouring tissues' means apart by this many of their pooled standard deviations
 MODEL_REACH = 2.5  # standard deviations past the outer tissues' means that the model still speaks for

@@ -17,7 +17,8 @@ from app.tissue import CSF, GREY, WHITE, three_tissues, tissue_llr, tissue_of
     ("White matter in brain MRI", WHITE), ("Left-Cerebral-White-Matter", WHITE),
     ("Cerebrospinal fluid in brain MRI", CSF), ("Left-Lateral-Ventricle", CSF),
     ("Left thalamus in brain MRI", None), ("Brain lesion in MRI", None), ("CT scan of the left kidney cortex", None),
-    ("Left adrenal gland", None), ("", None)])
+    ("Left adrenal gland", None), ("White matter hyperintensities in brain MRI", None),
+    ("Brain tumor edema in MRI", None), ("", None)])
 def test_a_text_names_a_brain_tissue_only_in_a_brain(text, tissue):
     assert tissue_of(text) == tissue
 
