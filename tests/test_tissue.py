@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from app import engine
-from app.io import Box, ClassPrompts
+from app.io import Box, Case, ClassPrompts
 from app.prior import grey_levels
 from app.tissue import CSF, GREY, WHITE, three_tissues, tissue_llr, tissue_of
 
@@ -79,6 +79,24 @@ def test_round_zero_twins_named_as_tissues_take_their_tissues():
         assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.8, text
     alone = engine.ClassView(2, prompts[2], BOX.bounds(), twins=(ClassPrompts(BOX, [], [], [], "Left thalamus"),))
     assert engine.named_tissue(alone) is None  # no other tissue named beside it: the rule stays out
+
+
+def test_a_tissue_across_both_hemispheres_is_told_apart_from_each_hemisphere_s_tissues():
+    """An aseg-like labelling: each hemisphere's cortex and white matter (twins), and the CSF of
+    the whole brain, whose box is twice a hemisphere's and overlaps it at IoU 0.5 (no twin, no
+    container): the CSF's text still meets the hemispheres' other tissues (engine.alike_boxes).
+    A small box inside the brain (a ventricle, its only content, also CSF) is no such companion."""
+    image, _ = brain(t1=True)
+    right, left, whole = Box(2, 37, 20, 2, 37, 2, 19), Box(2, 37, 20, 2, 37, 20, 37), Box(3, 36, 20, 3, 36, 3, 36)
+    texts = [(right, "Right cerebral cortex"), (left, "Left cerebral cortex"), (right, "Right cerebral white matter"),
+             (left, "Left cerebral white matter"), (whole, "Cerebrospinal fluid"), (Box(17, 22, 19, 17, 22, 15, 24), "CSF")]
+    prompts = [ClassPrompts(box, [], [], [], f"{text} in brain MRI") for box, text in texts]
+    views = engine.class_views(Case("MR_x", image, np.ones(3), prompts, None, 0, True))
+    csf = views[4]
+    assert not csf.twins and len(csf.alike) == 4 and [p.text for p in csf.contents] == ["CSF in brain MRI"]
+    assert engine.named_tissue(csf) == CSF
+    assert engine.named_tissue(views[0]) == GREY  # beside its twin white matter, as before
+    assert not views[5].alike  # 1 % of the brain box
 
 
 def test_a_named_tissue_only_lowers_inside_the_boxes_of_unnamed_classes_it_holds():
