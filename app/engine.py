@@ -564,7 +564,7 @@ def named_tissue(view: ClassView) -> str | None:
     largest parcels beside the white matter) brain 5 2.522 -> 2.752, held-out 11 1.675 -> 1.750,
     the rest and every lobe brain equal; the valset's ICBM tissue case, twins already, equal."""
     tissue = tissue_of(view.prompts.text)
-    related = (*view.twins, *view.alike) if view.parcel else (*view.twins, *view.alike, *view.containers, *view.contents)
+    related = (*view.twins, *view.alike, *(() if view.parcel else (*view.containers, *view.contents)))
     return tissue if tissue and {tissue_of(p.text) for p in related} - {None, tissue} else None
 
 

@@ -88,8 +88,9 @@ def test_a_tissue_across_both_hemispheres_is_told_apart_from_each_hemisphere_s_t
     A small box inside the brain (a ventricle, its only content, also CSF) is no such companion."""
     image, _ = brain(t1=True)
     right, left, whole = Box(2, 37, 20, 2, 37, 2, 19), Box(2, 37, 20, 2, 37, 20, 37), Box(3, 36, 20, 3, 36, 3, 36)
+    ventricle = Box(17, 22, 19, 17, 22, 15, 24)
     texts = [(right, "Right cerebral cortex"), (left, "Left cerebral cortex"), (right, "Right cerebral white matter"),
-             (left, "Left cerebral white matter"), (whole, "Cerebrospinal fluid"), (Box(17, 22, 19, 17, 22, 15, 24), "CSF")]
+             (left, "Left cerebral white matter"), (whole, "Cerebrospinal fluid"), (ventricle, "CSF")]
     prompts = [ClassPrompts(box, [], [], [], f"{text} in brain MRI") for box, text in texts]
     views = engine.class_views(Case("MR_x", image, np.ones(3), prompts, None, 0, True))
     csf = views[4]
