@@ -2,7 +2,7 @@
 regions): lobes that mix grey and white matter, and cortex parcels over one white-matter class,
 through the official loop with the engine in-process.
 
-    python -m harness.brains [--seeds 0 4] [--detail] [--predictor classical] [--tissues | --aseg]
+    python -m harness.brains [--seeds 0 4] [--detail] [--predictor classical] [--tissues | --aseg | --icbm]
 
 Why: the validation set's parcels come from one template (ICBM152), whose lobar and cortex
 parcels are what engine rules were tuned on. These cases are training.synth.brain_scene (T1 or
@@ -10,7 +10,9 @@ T2 means, about 1.3 mm, skull kept or stripped) at seeds 4,000,000 + i, far from
 streams, which draw such scenes from generator v8 on: in distribution for the network, new
 anatomy for the engine's rules. Even seeds are lobes, odd seeds cortex parcels. `--tissues` and
 `--aseg` label other brains by tissue, or by tissue and place (aseg_labels); the network never
-trained on those labellings.
+trained on those labellings. `--icbm` is the one real brain among them: the ICBM152 template
+(tests/data, real T1 at 2 mm) labelled by tissue and hemisphere (icbm_aseg), whose grey and
+white matter stand 3 SDs apart where the procedural brains' often stand 1 to 2 apart.
 """
 
 from __future__ import annotations
@@ -49,6 +51,27 @@ def brain(seed: int, labelling: str = "parcels") -> LabelledCase:
     image = synth.render(rng, tissue, tissue > 0, SPACING, "mr", means=synth.brain_means(rng, "mr"))
     name = scene if labelling == "parcels" else labelling
     return LabelledCase(f"MR_brain{seed}_{name}", image, labels, SPACING[::-1].copy(), texts(scene, int(labels.max())))
+
+
+ICBM_TISSUES = "tests/data/labelled/MR_ICBM152_tissue.npz"  # labels 1 grey, 2 white matter, 3 CSF
+
+
+def icbm_aseg() -> LabelledCase:
+    """The ICBM152 template labelled like aseg's cerebrum: the right and left cortex (labels 1, 2),
+    the right and left white matter (3, 4), split at the brain's mean x, and the CSF (5), named
+    as the organisers would. A hemisphere's cortex and white matter are twins; the CSF's box is
+    about twice a hemisphere's (IoU about 0.5: engine.alike_boxes)."""
+    with np.load(ICBM_TISSUES) as data:
+        tissue, image, spacing = data["gts"], data["imgs"], data["spacing"]
+    brain_x = np.argwhere((tissue == 1) | (tissue == 2))[:, 2].mean()
+    right = np.arange(tissue.shape[2])[None, None, :] < brain_x
+    labels = np.zeros_like(tissue)
+    for k, (t, half) in enumerate(((1, right), (1, ~right), (2, right), (2, ~right), (3, True)), 1):
+        labels[(tissue == t) & half] = k
+    names = ("Right cerebral cortex", "Left cerebral cortex", "Right cerebral white matter",
+             "Left cerebral white matter", "Cerebrospinal fluid")
+    texts = {k: f"{name} in brain MRI" for k, name in enumerate(names, 1)}
+    return LabelledCase("MR_ICBM152_aseg", image, labels, spacing, texts)
 
 
 NUCLEI_NAMES = ("thalamus", "caudate", "putamen", "pallidum")  # NUCLEI_MM's, in order
@@ -106,9 +129,11 @@ def main(argv=None) -> None:
                         help="brains labelled by tissue (three twins)")
     parser.add_argument("--aseg", action="store_const", const="aseg", dest="labelling",
                         help="brains labelled like FreeSurfer's aseg (aseg_labels: nuclei, cortex, white matter, CSF)")
+    parser.add_argument("--icbm", action="store_const", const="icbm", dest="labelling",
+                        help="the ICBM152 template (real T1) labelled by tissue and hemisphere (icbm_aseg); no seeds")
     args = parser.parse_args(argv)
-    print_box_scores((brain(seed, args.labelling) for seed in range(*args.seeds)), detail=args.detail,
-                     predict=BASELINES.get(args.predictor))
+    cases = [icbm_aseg()] if args.labelling == "icbm" else (brain(seed, args.labelling) for seed in range(*args.seeds))
+    print_box_scores(cases, detail=args.detail, predict=BASELINES.get(args.predictor))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 parcel rules (ClassView.parcel) expect, labelled on the brain alone."""
 
 from app.tissue import CSF, GREY, WHITE, tissue_of
-from harness.brains import brain
+from harness.brains import brain, icbm_aseg
 from tests.npzcase import organiser_views
 
 
@@ -38,3 +38,12 @@ def test_aseg_brains_hold_twins_a_container_of_nuclei_and_a_csf_box_around_all()
     assert csf.holds_a_box and len(csf.contents) >= 8
     tissues = [tissue_of(case.texts[k]) for k in range(1, 14)]  # named as the organisers would
     assert tissues == [None] * 8 + [GREY, GREY, WHITE, WHITE, CSF]
+
+
+def test_the_real_template_labelled_by_tissue_and_hemisphere_relates_its_csf_to_both_hemispheres():
+    case = icbm_aseg()
+    assert case.num_classes == 5 and case.imgs.shape == case.gts.shape
+    views = organiser_views(case)
+    assert len(views[0].twins) == 1 and len(views[2].twins) == 1  # a hemisphere's cortex and white matter
+    assert not views[4].twins and len(views[4].alike) == 4  # the CSF around both hemispheres
+    assert [tissue_of(case.texts[k]) for k in range(1, 6)] == [GREY, GREY, WHITE, WHITE, CSF]
