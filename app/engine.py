@@ -668,11 +668,21 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     12`, new to the rule, which was chosen on other seeds) DSC_AUC / DSC_Final 2.573 / 0.661 ->
     2.620 / 0.674 (9 of 12 up or equal); without the neighbours' excuse for twins at all, one
     brain of the chosen-on seeds fell 2.621 -> 2.432 (its white matter's negative clicks on the
-    other hemisphere's then removed its own tissue)."""
+    other hemisphere's then removed its own tissue).
+
+    Outside CT a class of about its box's region and scale (ClassView.alike) counts as a twin:
+    the brain's CSF beside each hemisphere's cortex and white matter, whose clicks alone tell
+    them apart after round 0 (the texts come at iteration 0 only). `python -m harness.brains
+    --icbm` (real T1, chosen on) DSC_AUC / DSC_Final 3.172 / 0.794 -> 3.331 / 0.835 (CSF 2.061 ->
+    2.863), at widening seed 7 3.110 -> 3.289, with noise of sd 10 and a 15 % bias field 3.153 ->
+    3.310; aseg brains 0-11 2.640 / 0.677 -> 2.672 / 0.685; cortex brains with alike boxes (3, 5,
+    9, 11, 15; a large parcel beside the white matter) 1.585 / 2.752 / 1.715 / 1.750 / 2.580 ->
+    1.520 / 2.756 / 1.705 / 1.750 / 2.606; no valset case has alike boxes outside CT."""
     if not canvas.probs.numel():
         return False
+    twins = (*view.twins, *(p for p in view.alike if shared_tissue and not any(p is t for t in view.twins)))
     around = view.contents if shared_tissue and len(view.contents) >= MIN_CONTENTS else ()
-    negatives = [*view.prompts.bg, *(q for t in (*view.twins, *around) for q in t.fg)]
+    negatives = [*view.prompts.bg, *(q for t in (*twins, *around) for q in t.fg)]
     region = canvas.region()
     sample = None
     if not view.prompts.fg:  # about a million voxels are plenty for a median (a body mask: 40 M)
@@ -680,12 +690,12 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
         thinned = tuple(slice(s.start, s.stop, step) for s in region)
         prev = view.prev_mask_on(thinned)
         sample = image[thinned][prev] if prev is not None and prev.any() else None
-    neighbours = [o for o in view.others if not any(o is t for t in (*view.twins, *view.containers, *around))]
+    neighbours = [o for o in view.others if not any(o is t for t in (*twins, *view.containers, *around))]
     labelled = [q for o in neighbours for q in o.fg] if shared_tissue else []
-    raise_ = bool(shared_tissue and (view.twins or around) and view.prompts.fg and view.prev_pred is not None)
-    foreign = [q for t in view.twins for q in t.fg] if shared_tissue else []
+    raise_ = bool(shared_tissue and (twins or around) and view.prompts.fg and view.prev_pred is not None)
+    foreign = [q for t in twins for q in t.fg] if shared_tissue else []
     llr = click_llr(image, region, view.prompts.fg, negatives, sample, labelled, own_evidence=raise_,
-                    sample_unlike_others=bool(shared_tissue and view.twins), foreign=foreign)
+                    sample_unlike_others=bool(shared_tissue and twins), foreign=foreign)
     if llr is None:
         return False
     gain = np.where(view.prev_pred[region] > 0, np.minimum(llr, 2 * TWIN_RAISE), -LLR_CLIP) if raise_ else None

@@ -6,6 +6,7 @@ import threading
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from app import engine, prior
@@ -650,10 +651,13 @@ def test_click_refit_gives_a_twin_the_tissue_of_its_positive_click():
         assert (canvas.mask_full() == expected).all()
 
 
-def test_a_twin_regains_the_tissue_of_its_positive_click_wherever_a_class_holds_it():
+@pytest.mark.parametrize("relation", ["twins", "alike"])
+def test_a_twin_regains_the_tissue_of_its_positive_click_wherever_a_class_holds_it(relation):
     """CSF that lost round 0 to its twins in one brain box: after its positive click it claims
     the voxels of its click's intensity that a twin holds, far from the click too, but not the
-    background of that intensity that no class holds, nor its twin's tissue."""
+    background of that intensity that no class holds, nor its twin's tissue. The same beside a
+    class of about its box's region and scale (the brain's CSF beside a hemisphere's cortex:
+    ClassView.alike), outside CT."""
     image = np.full((8, 12, 24), 150, np.uint8)
     image[:, :, 12:] = 60
     box = (np.zeros(3, int), np.array(image.shape) - 1)
@@ -662,7 +666,7 @@ def test_a_twin_regains_the_tissue_of_its_positive_click_wherever_a_class_holds_
     csf = ClassPrompts(Box.from_bounds(*box), [(4, 6, 13)], [], ["fg"])
     grey = ClassPrompts(Box.from_bounds(*box), [(4, 6, 3)], [], ["fg"])
     canvas = _full_canvas(np.zeros(image.shape, np.float32))
-    view = engine.ClassView(1, csf, box, None, prev_pred, twins=(grey,))
+    view = engine.ClassView(1, csf, box, None, prev_pred, **{relation: (grey,)})
     assert engine.click_refit(canvas, image, view, shared_tissue=True)
     expected = np.zeros(image.shape, bool)
     expected[:, :, 12:20] = True
