@@ -121,7 +121,7 @@ class ClassView:
     organ: tuple[Box, ...] = ()  # a parcel's, in a case of MIN_ORGAN_PARCELS or more: every parcel's box (fuse_organ)
     containers: tuple[ClassPrompts, ...] = ()  # the prompts of classes whose box contains its box (contains_box)
     contents: tuple[ClassPrompts, ...] = ()  # the prompts of classes whose box its box contains (contains_box)
-    alike: tuple[ClassPrompts, ...] = ()  # the prompts of classes whose box covers about its region (alike_boxes)
+    alike: tuple[ClassPrompts, ...] = ()  # the prompts of non-twins whose box covers about its region (alike_boxes)
 
     @property
     def negatives(self) -> list:
@@ -233,7 +233,8 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
         contents = tuple(case.prompts[o] for o, other in enumerate(boxes)
                          if o != c and box is not None and other is not None and contains_box(box, other))
         alike = tuple(case.prompts[o] for o, other in enumerate(boxes)
-                      if o != c and box is not None and other is not None and alike_boxes(box, other))
+                      if o != c and box is not None and other is not None and alike_boxes(box, other)
+                      and box_iou(box, other) < TWIN_IOU)
         views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds, others, twins, cross_clicks,
                                parcel, lining, containers=containers, contents=contents, alike=alike))
     organ = tuple(v.prompts.box for v in views if v.parcel)
@@ -680,7 +681,7 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     1.520 / 2.756 / 1.705 / 1.750 / 2.606; no valset case has alike boxes outside CT."""
     if not canvas.probs.numel():
         return False
-    twins = (*view.twins, *(p for p in view.alike if shared_tissue and not any(p is t for t in view.twins)))
+    twins = (*view.twins, *view.alike) if shared_tissue else view.twins
     around = view.contents if shared_tissue and len(view.contents) >= MIN_CONTENTS else ()
     negatives = [*view.prompts.bg, *(q for t in (*twins, *around) for q in t.fg)]
     region = canvas.region()

@@ -22,7 +22,7 @@ import argparse
 import numpy as np
 
 from harness import baselines, classical
-from harness.loop import LabelledCase, print_box_scores
+from harness.loop import REPO, LabelledCase, load_labelled, print_box_scores
 
 BASELINES = {"classical": classical.run, "boxfill": baselines.boxfill}
 
@@ -53,7 +53,7 @@ def brain(seed: int, labelling: str = "parcels") -> LabelledCase:
     return LabelledCase(f"MR_brain{seed}_{name}", image, labels, SPACING[::-1].copy(), texts(scene, int(labels.max())))
 
 
-ICBM_TISSUES = "tests/data/labelled/MR_ICBM152_tissue.npz"  # labels 1 grey, 2 white matter, 3 CSF
+ICBM_TISSUES = REPO / "tests/data/labelled/MR_ICBM152_tissue.npz"  # labels 1 grey, 2 white matter, 3 CSF
 
 
 def icbm_aseg() -> LabelledCase:
@@ -61,8 +61,8 @@ def icbm_aseg() -> LabelledCase:
     the right and left white matter (3, 4), split at the brain's mean x, and the CSF (5), named
     as the organisers would. A hemisphere's cortex and white matter are twins; the CSF's box is
     about twice a hemisphere's (IoU about 0.5: engine.alike_boxes)."""
-    with np.load(ICBM_TISSUES) as data:
-        tissue, image, spacing = data["gts"], data["imgs"], data["spacing"]
+    template = load_labelled(ICBM_TISSUES)
+    tissue = template.gts
     brain_x = np.argwhere((tissue == 1) | (tissue == 2))[:, 2].mean()
     right = np.arange(tissue.shape[2])[None, None, :] < brain_x
     labels = np.zeros_like(tissue)
@@ -71,7 +71,7 @@ def icbm_aseg() -> LabelledCase:
     names = ("Right cerebral cortex", "Left cerebral cortex", "Right cerebral white matter",
              "Left cerebral white matter", "Cerebrospinal fluid")
     texts = {k: f"{name} in brain MRI" for k, name in enumerate(names, 1)}
-    return LabelledCase("MR_ICBM152_aseg", image, labels, spacing, texts)
+    return LabelledCase("MR_ICBM152_aseg", template.imgs, labels, template.spacing, texts)
 
 
 NUCLEI_NAMES = ("thalamus", "caudate", "putamen", "pallidum")  # NUCLEI_MM's, in order
