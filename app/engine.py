@@ -122,6 +122,7 @@ class ClassView:
     containers: tuple[ClassPrompts, ...] = ()  # the prompts of classes whose box contains its box (contains_box)
     contents: tuple[ClassPrompts, ...] = ()  # the prompts of classes whose box its box contains (contains_box)
     alike: tuple[ClassPrompts, ...] = ()  # the prompts of non-twins whose box covers about its region (alike_boxes)
+    companions: tuple[ClassPrompts, ...] = ()  # the alike where either has a twin: tissues of a brain (click_refit)
 
     @property
     def negatives(self) -> list:
@@ -215,6 +216,8 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
     are its negatives (ClassView.negatives, ClassView.claimed)."""
     regions = [] if case.prev_pred is None else ndimage.find_objects(case.prev_pred, max_label=case.num_classes)
     boxes = [None if p.box is None else p.box.bounds() for p in case.prompts]
+    twinned = [box is not None and any(other is not None and o != c and box_iou(box, other) >= TWIN_IOU
+                                       for o, other in enumerate(boxes)) for c, box in enumerate(boxes)]
     views = []
     for c, (prompts, box) in enumerate(zip(case.prompts, boxes)):
         region = regions[c] if c < len(regions) else None
@@ -235,8 +238,11 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
         alike = tuple(case.prompts[o] for o, other in enumerate(boxes)
                       if o != c and box is not None and other is not None and alike_boxes(box, other)
                       and box_iou(box, other) < TWIN_IOU)
+        companions = tuple(case.prompts[o] for o, other in enumerate(boxes)
+                           if any(case.prompts[o] is a for a in alike) and (twinned[c] or twinned[o]))
         views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds, others, twins, cross_clicks,
-                               parcel, lining, containers=containers, contents=contents, alike=alike))
+                               parcel, lining, containers=containers, contents=contents, alike=alike,
+                               companions=companions))
     organ = tuple(v.prompts.box for v in views if v.parcel)
     return [replace(v, organ=organ) if v.parcel and len(organ) >= MIN_ORGAN_PARCELS else v for v in views]
 
@@ -671,17 +677,21 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     brain of the chosen-on seeds fell 2.621 -> 2.432 (its white matter's negative clicks on the
     other hemisphere's then removed its own tissue).
 
-    Outside CT a class of about its box's region and scale (ClassView.alike) counts as a twin:
-    the brain's CSF beside each hemisphere's cortex and white matter, whose clicks alone tell
-    them apart after round 0 (the texts come at iteration 0 only). `python -m harness.brains
-    --icbm` (real T1, chosen on) DSC_AUC / DSC_Final 3.172 / 0.794 -> 3.331 / 0.835 (CSF 2.061 ->
-    2.863), at widening seed 7 3.110 -> 3.289, with noise of sd 10 and a 15 % bias field 3.153 ->
-    3.310; aseg brains 0-11 2.640 / 0.677 -> 2.672 / 0.685; cortex brains with alike boxes (3, 5,
-    9, 11, 15; a large parcel beside the white matter) 1.585 / 2.752 / 1.715 / 1.750 / 2.580 ->
-    1.520 / 2.756 / 1.705 / 1.750 / 2.606; no valset case has alike boxes outside CT."""
+    Outside CT a companion (ClassView.companions: a class of about its box's region and scale,
+    where either of the two has a twin) counts as a twin: the brain's CSF beside each
+    hemisphere's cortex and white matter, whose clicks alone tell them apart after round 0 (the
+    texts come at iteration 0 only). `python -m harness.brains --icbm` (real T1, chosen on)
+    DSC_AUC / DSC_Final 3.172 / 0.794 -> 3.331 / 0.835 (CSF 2.061 -> 2.863), at widening seed 7
+    3.110 -> 3.289, with noise of sd 10 and a 15 % bias field 3.153 -> 3.310; aseg brains 0-11
+    2.640 / 0.677 -> 2.672 / 0.685; no valset case has alike boxes outside CT. Why a twin is
+    required: a large cortex parcel beside the white matter around all parcels has an alike box,
+    and the white matter's positive click, of a partial-volume level near the grey ribbon's, took
+    two thirds of the parcel's voxels after its first click (generator v9 cortex brains 3 and 5,
+    chosen on, 1.469 / 2.214 -> 1.689 / 2.240 with the twin required; held-out 9, 11, 15 1.742 /
+    1.775 / 2.496 -> 1.772 / 1.775 / 2.496)."""
     if not canvas.probs.numel():
         return False
-    twins = (*view.twins, *view.alike) if shared_tissue else view.twins
+    twins = (*view.twins, *view.companions) if shared_tissue else view.twins
     around = view.contents if shared_tissue and len(view.contents) >= MIN_CONTENTS else ()
     negatives = [*view.prompts.bg, *(q for t in (*twins, *around) for q in t.fg)]
     region = canvas.region()

@@ -651,13 +651,13 @@ def test_click_refit_gives_a_twin_the_tissue_of_its_positive_click():
         assert (canvas.mask_full() == expected).all()
 
 
-@pytest.mark.parametrize("relation", ["twins", "alike"])
+@pytest.mark.parametrize("relation", ["twins", "companions"])
 def test_a_twin_regains_the_tissue_of_its_positive_click_wherever_a_class_holds_it(relation):
     """CSF that lost round 0 to its twins in one brain box: after its positive click it claims
     the voxels of its click's intensity that a twin holds, far from the click too, but not the
     background of that intensity that no class holds, nor its twin's tissue. The same beside a
     class of about its box's region and scale (the brain's CSF beside a hemisphere's cortex:
-    ClassView.alike), outside CT."""
+    ClassView.companions), outside CT."""
     image = np.full((8, 12, 24), 150, np.uint8)
     image[:, :, 12:] = 60
     box = (np.zeros(3, int), np.array(image.shape) - 1)

@@ -98,6 +98,20 @@ def test_a_tissue_across_both_hemispheres_is_told_apart_from_each_hemisphere_s_t
     assert engine.named_tissue(csf) == CSF
     assert engine.named_tissue(views[0]) == GREY  # beside its twin white matter, as before
     assert not views[5].alike  # 1 % of the brain box
+    assert len(csf.companions) == 4  # the hemispheres' tissues have twins: a brain labelled by tissue
+
+
+def test_a_large_cortex_parcel_is_no_companion_of_the_white_matter_around_the_parcels():
+    """Cortex parcels over one white-matter class: a parcel whose box covers most of the brain's
+    is alike the white matter's box, but neither has a twin, so the white matter's clicks are no
+    twin's clicks in the parcel's refit (ClassView.companions)."""
+    image, _ = brain(t1=True)
+    brain_box, large = Box(3, 36, 20, 3, 36, 3, 36), Box(3, 36, 20, 0, 24, 0, 24)  # out of the white matter
+    small = [Box(5, 12, 8, 5, 12, 5, 12), Box(25, 32, 28, 25, 32, 25, 32), Box(5, 12, 28, 25, 32, 5, 12)]
+    prompts = [ClassPrompts(box, [], [], []) for box in (brain_box, large, *small)]
+    views = engine.class_views(Case("MR_x", image, np.ones(3), prompts, None, 0, True))
+    assert views[1].alike and not views[1].twins and not views[1].companions
+    assert not views[0].companions and len(views[0].contents) >= engine.MIN_CONTENTS
 
 
 def test_a_named_tissue_only_lowers_inside_the_boxes_of_unnamed_classes_it_holds():
