@@ -584,7 +584,7 @@ def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, s
 
     The model is fitted where `brain` (the canvas's mask before the intensity rules: the network
     and the box prior, which give twins about the same mask) lies in the core of the box
-    (CORE_RADIUS of its ellipse), and only trusted when it holds three clearly separate tissues.
+    (CORE_RADIUS of its ellipse), and refused when its components sit on one tissue (app.tissue.SEPARATION).
     Beside a skull-stripped scan's padding a voxel mixes tissue with nothing, at CSF's level in
     T1, so the rule leaves that rim to the network: the ICBM template's CSF took 5.3 k voxels
     outside the brain there, and its background clicks then each cost a little DSC (valset ICBM
@@ -599,9 +599,11 @@ def fuse_tissue(canvas: ClassCanvas, image: np.ndarray, box: Box, tissue: str, s
     set on this image's mixture) DSC_AUC / DSC_Final 2.859 / 0.756 -> 3.228 / 0.808, CSF at round
     0 0.000 -> 0.663; at widening seed 7 2.970 -> 3.056; with Gaussian noise of sd 10 / 20 grey
     levels and a 15 % bias field (not chosen on) 2.672 / 2.647 -> 2.799 / 3.053. Procedural
-    brains, whose tissues overlap far more and so mostly fail SEPARATION: tissue brains seeds 0-7
-    1.756 -> 1.908, 8-15 1.965 -> 1.995; aseg-like brains 0-11 2.620 / 0.674 -> 2.635 / 0.678;
-    lobe and cortex brains unchanged (parcels are left out, named_tissue)."""
+    brains, whose tissues overlap far more (then gated at 1.25 SDs, so mostly off): tissue brains
+    seeds 0-7 1.756 -> 1.908, 8-15 1.965 -> 1.995; aseg-like brains 0-11 2.620 / 0.674 -> 2.635 /
+    0.678; lobe and cortex brains unchanged (parcels are left out, named_tissue). With the gate at
+    0.5 SDs (generator v9): aseg brains 0-11 (chosen on) 2.713 / 0.692 -> 2.827 / 0.714, 12-19
+    2.674 / 0.679 -> 2.732 / 0.690; tissue brains 0-7 1.934 -> 1.917, 8-15 2.098 -> 2.121."""
     if not canvas.probs.numel():
         return False
     inside, on_canvas = box_on_canvas(canvas, box)

@@ -52,11 +52,16 @@ def test_the_named_tissue_s_levels_win_in_t1_and_t2_alike(t1):
     assert (tissue_llr(image, GREY, padding=1)[levels][tissue == 0] == 0).all()  # the padding says nothing
 
 
-def test_overlapping_tissues_are_not_modelled():
+def test_one_tissue_is_not_modelled_as_three():
+    """Tissues 1.2 SDs apart (a noisy procedural brain) are modelled; one tissue, or three 0.4 SDs
+    apart, which a mixture would split anywhere, are not."""
     rng = np.random.default_rng(1)
     apart = np.concatenate([rng.normal(m, 8, 3000) for m in (50, 130, 200)])
     assert np.allclose(three_tissues(apart)[0], (50, 130, 200), atol=3)
-    assert three_tissues(np.concatenate([rng.normal(m, 25, 3000) for m in (100, 130, 160)])) is None
+    noisy = three_tissues(np.concatenate([rng.normal(m, 25, 3000) for m in (100, 130, 160)]))
+    assert noisy is not None and np.all(np.diff(noisy[0]) > 15)
+    assert three_tissues(rng.normal(130, 25, 9000)) is None
+    assert three_tissues(np.concatenate([rng.normal(m, 25, 3000) for m in (120, 130, 140)])) is None
     assert three_tissues(apart[:100]) is None  # too few levels
 
 
