@@ -235,11 +235,10 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
                            if o != c and box is not None and other is not None and contains_box(other, box))
         contents = tuple(case.prompts[o] for o, other in enumerate(boxes)
                          if o != c and box is not None and other is not None and contains_box(box, other))
-        alike = tuple(case.prompts[o] for o, other in enumerate(boxes)
-                      if o != c and box is not None and other is not None and alike_boxes(box, other)
-                      and box_iou(box, other) < TWIN_IOU)
-        companions = tuple(case.prompts[o] for o, other in enumerate(boxes)
-                           if any(case.prompts[o] is a for a in alike) and (twinned[c] or twinned[o]))
+        alike_at = [o for o, other in enumerate(boxes) if o != c and box is not None and other is not None
+                    and alike_boxes(box, other) and box_iou(box, other) < TWIN_IOU]
+        alike = tuple(case.prompts[o] for o in alike_at)
+        companions = tuple(case.prompts[o] for o in alike_at if twinned[c] or twinned[o])
         views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds, others, twins, cross_clicks,
                                parcel, lining, containers=containers, contents=contents, alike=alike,
                                companions=companions))
