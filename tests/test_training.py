@@ -105,6 +105,22 @@ def test_brain_scene_parcels_mix_a_folded_grey_ribbon_with_white_matter():
         assert all(set(np.unique(tissue[labels == k])) == {synth.GREY} for k in range(2, labels.max() + 1))
 
 
+def test_a_coarse_brain_keeps_grey_matter_between_its_sulci_and_the_white_matter():
+    """On a 3 mm grid the grey ribbon is at least 1.5 voxels deep (generator v9): no white-matter
+    voxel shares a face or an edge with the CSF of a sulcus or of the brain's surface, so partial
+    volume mixes grey with each, not CSF with white."""
+    spacing = np.full(3, 3.0)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        _, tissue = synth.brain_scene(rng, (48, 56, 52), spacing, "tissues", clefts=False)
+        brain = tissue >= synth.CSF
+        depth = edt.edt(brain.astype(np.uint8), anisotropy=(3.0, 3.0, 3.0))
+        shallow_csf = (tissue == synth.CSF) & (depth < 8.0)  # sulci and the surface, not the ventricles
+        assert shallow_csf.any()
+        beside = ndimage.binary_dilation(shallow_csf, ndimage.generate_binary_structure(3, 2))
+        assert not (beside & (tissue == synth.WHITE)).any()
+
+
 def test_truncated_cases_end_inside_an_object():
     rng = np.random.default_rng(4)
     cuts = 0
