@@ -216,16 +216,15 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
     are its negatives (ClassView.negatives, ClassView.claimed)."""
     regions = [] if case.prev_pred is None else ndimage.find_objects(case.prev_pred, max_label=case.num_classes)
     boxes = [None if p.box is None else p.box.bounds() for p in case.prompts]
-    twinned = [box is not None and any(other is not None and o != c and box_iou(box, other) >= TWIN_IOU
-                                       for o, other in enumerate(boxes)) for c, box in enumerate(boxes)]
+    twin_at = [[o for o, other in enumerate(boxes) if o != c and box is not None and other is not None
+                and box_iou(box, other) >= TWIN_IOU] for c, box in enumerate(boxes)]
     views = []
     for c, (prompts, box) in enumerate(zip(case.prompts, boxes)):
         region = regions[c] if c < len(regions) else None
         holds = box is not None and any(other is not None and c != o and holds_box(box, other)
                                         for o, other in enumerate(boxes))
         others = tuple(other for o, other in enumerate(case.prompts) if o != c)
-        twins = tuple(case.prompts[o] for o, other in enumerate(boxes)
-                      if o != c and box is not None and other is not None and box_iou(box, other) >= TWIN_IOU)
+        twins = tuple(case.prompts[o] for o in twin_at[c])
         parcel = box is not None and any(
             other is not None and o != c and 0 < box_iou(box, other) < TWIN_IOU
             and not holds_box(box, other) and not holds_box(other, box) for o, other in enumerate(boxes))
@@ -236,9 +235,9 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
         contents = tuple(case.prompts[o] for o, other in enumerate(boxes)
                          if o != c and box is not None and other is not None and contains_box(box, other))
         alike_at = [o for o, other in enumerate(boxes) if o != c and box is not None and other is not None
-                    and alike_boxes(box, other) and box_iou(box, other) < TWIN_IOU]
+                    and o not in twin_at[c] and alike_boxes(box, other)]
         alike = tuple(case.prompts[o] for o in alike_at)
-        companions = tuple(case.prompts[o] for o in alike_at if twinned[c] or twinned[o])
+        companions = tuple(case.prompts[o] for o in alike_at if twin_at[c] or twin_at[o])
         views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds, others, twins, cross_clicks,
                                parcel, lining, containers=containers, contents=contents, alike=alike,
                                companions=companions))
