@@ -216,26 +216,22 @@ def class_views(case: Case, cross_clicks: bool = True) -> list[ClassView]:
     are its negatives (ClassView.negatives, ClassView.claimed)."""
     regions = [] if case.prev_pred is None else ndimage.find_objects(case.prev_pred, max_label=case.num_classes)
     boxes = [None if p.box is None else p.box.bounds() for p in case.prompts]
-    twin_at = [[o for o, other in enumerate(boxes) if o != c and box is not None and other is not None
-                and box_iou(box, other) >= TWIN_IOU] for c, box in enumerate(boxes)]
+    # each class's (index, box) of every other boxed class; none for a class without a box
+    pairs = [[] if box is None else [(o, other) for o, other in enumerate(boxes) if o != c and other is not None]
+             for c, box in enumerate(boxes)]
+    twin_at = [[o for o, other in pairs[c] if box_iou(box, other) >= TWIN_IOU] for c, box in enumerate(boxes)]
     views = []
     for c, (prompts, box) in enumerate(zip(case.prompts, boxes)):
         region = regions[c] if c < len(regions) else None
-        holds = box is not None and any(other is not None and c != o and holds_box(box, other)
-                                        for o, other in enumerate(boxes))
+        holds = any(holds_box(box, other) for _, other in pairs[c])
         others = tuple(other for o, other in enumerate(case.prompts) if o != c)
         twins = tuple(case.prompts[o] for o in twin_at[c])
-        parcel = box is not None and any(
-            other is not None and o != c and 0 < box_iou(box, other) < TWIN_IOU
-            and not holds_box(box, other) and not holds_box(other, box) for o, other in enumerate(boxes))
-        lining = box is not None and any(other is not None and o != c and holds_box(other, box)
-                                         and box_iou(other, box) >= LINING_IOU for o, other in enumerate(boxes))
-        containers = tuple(case.prompts[o] for o, other in enumerate(boxes)
-                           if o != c and box is not None and other is not None and contains_box(other, box))
-        contents = tuple(case.prompts[o] for o, other in enumerate(boxes)
-                         if o != c and box is not None and other is not None and contains_box(box, other))
-        alike_at = [o for o, other in enumerate(boxes) if o != c and box is not None and other is not None
-                    and o not in twin_at[c] and alike_boxes(box, other)]
+        parcel = any(0 < box_iou(box, other) < TWIN_IOU and not holds_box(box, other) and not holds_box(other, box)
+                     for _, other in pairs[c])
+        lining = any(holds_box(other, box) and box_iou(other, box) >= LINING_IOU for _, other in pairs[c])
+        containers = tuple(case.prompts[o] for o, other in pairs[c] if contains_box(other, box))
+        contents = tuple(case.prompts[o] for o, other in pairs[c] if contains_box(box, other))
+        alike_at = [o for o, other in pairs[c] if o not in twin_at[c] and alike_boxes(box, other)]
         alike = tuple(case.prompts[o] for o in alike_at)
         companions = tuple(case.prompts[o] for o in alike_at if twin_at[c] or twin_at[o])
         views.append(ClassView(c + 1, prompts, box, region, case.prev_pred, holds, others, twins, cross_clicks,
