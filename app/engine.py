@@ -43,6 +43,7 @@ from app.prior import (
     organ_llr,
     smoothed_llr,
 )
+from app.prompts import Others
 from app.roi import Roi, prompt_bounds, window_at
 from app.state import RunState
 from app.tissue import tissue_llr, tissue_of
@@ -150,10 +151,13 @@ class ClassView:
         return cls(1, prompts, corners, ndimage.find_objects(prev_pred)[0], prev_pred)
 
     def with_prev(self, mask: np.ndarray) -> ClassView:
-        """This view with `mask` (boolean volume) as its previous mask; unchanged when it is empty."""
+        """This view with `mask` (boolean volume) as its previous mask, the other classes' voxels kept
+        where it leaves them; unchanged when it is empty."""
         if not mask.any():
             return self
         prev_pred = mask.astype(np.uint8) * np.uint8(self.label)
+        if self.prev_pred is not None:  # the other classes keep their voxels (ClassSegmenter.others_for)
+            prev_pred = np.where(mask, prev_pred, self.prev_pred)
         return replace(self, prev_region=ndimage.find_objects(mask.astype(np.uint8))[0], prev_pred=prev_pred)
 
     def full_box(self) -> Box:
@@ -986,7 +990,8 @@ class ClassSegmenter:
         prev_t = None if prev is None else torch.from_numpy(prev)
         for _ in range(MAX_REGROW + 1):
             roi = self.global_expert.roi_for(*bounds)
-            logits = self.global_expert.logits(self.image, roi, self.spacing, *self.prompts_for(view), prev_t)
+            logits = self.global_expert.logits(self.image, roi, self.spacing, *self.prompts_for(view), prev_t,
+                                               others=self.others_for(view))
             canvas = ClassCanvas(self.shape)
             canvas.put(logits, roi)
             mask = (logits > 0).numpy()
@@ -1001,13 +1006,19 @@ class ClassSegmenter:
         samples from the same, so the network learns on the engine's inputs."""
         return view.box, view.prompts.fg, view.negatives
 
+    @staticmethod
+    def others_for(view: ClassView) -> Others:
+        """The other classes as both experts see them: their boxes, and the voxels they hold in the
+        previous segmentation (app.prompts.Others); training builds its samples from the same."""
+        return Others(tuple(o.box.bounds() for o in view.others if o.box is not None), view.prev_pred, view.label)
+
     def local_pass(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
         """The local expert on a native window at `centre`, seeing the canvas's mask as the
         previous one, blended into the canvas (a ramp at the window faces leaves no seam)."""
         roi = window_at(centre, self.local_expert.patch)
         prev = torch.from_numpy(canvas.mask_on(roi))
         logits = self.local_expert.logits(self.image, roi, self.spacing, *self.prompts_for(view), prev,
-                                          prev_on_crop=True)
+                                          prev_on_crop=True, others=self.others_for(view))
         canvas.put(logits, roi, None if not canvas.probs.numel() else border_ramp(roi.size))
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from app.models.unet3d import build_unet
-from app.prompts import encode
+from app.models.unet3d import build_unet, load_weights
+from app.prompts import CHANNELS, Others, encode
 from app.roi import Roi, from_patch, roi_around
 
 WEIGHTS = Path(os.environ.get("SEGFM_WEIGHTS", Path(__file__).resolve().parents[1] / "weights"))
@@ -68,10 +68,11 @@ class Expert:
 
     @classmethod
     def load(cls, path: Path, device: torch.device, zoomed_patch: int | None = None, flips: bool = False) -> Expert:
-        """From a weights file; `zoomed_patch` (default: the trained patch) serves zoomed RoIs."""
+        """From a weights file; `zoomed_patch` (default: the trained patch) serves zoomed RoIs. A file
+        with fewer input channels than app.prompts.CHANNELS gets zero weights for the rest."""
         weights = torch.load(path, map_location="cpu", weights_only=False)
-        model = build_unet(weights["model_config"])
-        model.load_state_dict({k: v.float() for k, v in weights["model"].items()})
+        model = build_unet({**weights["model_config"], "in_channels": len(CHANNELS)})
+        load_weights(model, weights["model"])
         return cls(model.eval().to(device), weights["meta"]["patch"], device, flips=flips, zoomed_patch=zoomed_patch)
 
     @classmethod
@@ -82,9 +83,9 @@ class Expert:
 
     @torch.inference_mode()
     def logits(self, image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev=None,
-               prev_on_crop: bool = False) -> torch.Tensor:
+               prev_on_crop: bool = False, others: Others | None = None) -> torch.Tensor:
         """(D, H, W) float32 logits on the crop grid of `roi` (CPU tensor); prompts as app.prompts.encode."""
-        x = encode(image, roi, spacing, box, fg, bg, prev, prev_on_crop)[None].to(self.device)
+        x = encode(image, roi, spacing, box, fg, bg, prev, prev_on_crop, others)[None].to(self.device)
         with autocast(self.device, self.bf16):
             if self.flips:
                 out = sum(self.model(x.flip(d)).float().flip(d) for d in ([], [3], [4], [3, 4])) / 4

@@ -1,6 +1,9 @@
-"""Prompt encoding: one class's prompts as the network's five input channels on a RoI grid.
+"""Prompt encoding: one class's prompts, and the other classes', as the network's input channels.
 
-Channels (paper 000): image, box cuboid, positive clicks, negative clicks, previous mask.
+Channels (paper 000): image, box cuboid, positive clicks, negative clicks, previous mask; then
+the other classes (issue 9): how many of their boxes cover a voxel, and the voxels they hold in
+the previous segmentation. A parcel of one shared intensity is told from its neighbours only by
+where they are, which one class's own prompts never show.
 A missing prompt is an all-zero channel, so the network never branches on absence.
 A click is the union of a ball of CLICK_RADIUS_MM (physical) and a ball of
 CLICK_RADIUS_PATCH patch voxels: in a zoomed-out RoI a 3 mm ball shrinks to one voxel out
@@ -10,13 +13,15 @@ at any zoom, as nnInteractive-style encoders do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from app.roi import Roi, crop, crop_image, to_patch
 
-CHANNELS = ("image", "box", "fg", "bg", "prev")
+CHANNELS = ("image", "box", "fg", "bg", "prev", "other_boxes", "other_masks")
 CLICK_RADIUS_MM = 3.0
 CLICK_RADIUS_PATCH = 2.0
 
@@ -65,14 +70,38 @@ def click_channel(roi: Roi, clicks, spacing, radius_mm: float = CLICK_RADIUS_MM,
     return torch.from_numpy(out.astype(np.float32))
 
 
+@dataclass(frozen=True)
+class Others:
+    """The other classes of a case as one class's network sees them."""
+
+    boxes: tuple = ()  # their inclusive (lo, hi) boxes
+    labels: np.ndarray | None = None  # the previous segmentation (D, H, W), every class's label
+    label: int = 0  # the class's own label there, which is not another's
+
+
+def boxes_channel(roi: Roi, boxes) -> torch.Tensor:
+    """1 - 0.5^n where n boxes cover a voxel: bounded, and still telling one box from several
+    (a cortex parcel lies under many of its neighbours' boxes)."""
+    count = sum((box_channel(roi, *b) for b in boxes), torch.zeros(roi.patch))
+    return 1.0 - 0.5**count
+
+
+def held_channel(roi: Roi, labels: np.ndarray, label: int) -> torch.Tensor:
+    """The voxels another class holds in the previous segmentation (cropped before comparing:
+    the volume may be large)."""
+    crop_ = crop(torch.from_numpy(labels)[None], roi)
+    held = (crop_ != 0) & (crop_ != label)
+    return (to_patch(held.float(), roi)[0] > 0.5).float()
+
+
 def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev: torch.Tensor | None = None,
-           prev_on_crop: bool = False):
-    """The (5, *patch) network input for one class.
+           prev_on_crop: bool = False, others: Others | None = None):
+    """The (len(CHANNELS), *patch) network input for one class.
 
     image: (D, H, W) tensor of the whole image (any dtype); box: inclusive (lo, hi) or None;
     fg/bg: (z, y, x) clicks in image voxels; prev: binary mask of the class or None, on the
     whole image (D, H, W), or already on the RoI's crop grid with prev_on_crop (no
-    full-volume copy for a local window).
+    full-volume copy for a local window); others: the other classes, or None for none.
     """
     inside = in_plane_fraction(roi, image.shape)
     crop_ = crop_image(image, roi).float()  # crop first: the volume may be large
@@ -85,4 +114,7 @@ def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev:
     else:
         prev_crop = prev[None] if prev_on_crop else crop(prev[None], roi)
         channels.append((to_patch(prev_crop.float(), roi)[0] > 0.5).float())
+    others = others or Others()
+    channels.append(boxes_channel(roi, others.boxes))
+    channels.append(torch.zeros(roi.patch) if others.labels is None else held_channel(roi, others.labels, others.label))
     return torch.stack([c.to(channels[0].device) for c in channels])

@@ -13,8 +13,9 @@ from app import engine, prior
 from app.autobox import grown_bounds, touches_open_side
 from app.experts import Expert
 from app.io import Box, Case, ClassPrompts
+from app.models.unet3d import build_unet, config_dict
 from app.postprocess import CONFIDENT_FLOOR, StreamingFusion
-from app.prompts import box_channel, click_channel, encode, in_plane_fraction
+from app.prompts import CHANNELS, Others, box_channel, click_channel, encode, in_plane_fraction
 from app.roi import Roi, crop, crop_image, from_patch, prompt_bounds, roi_around, to_patch, window_at, zoom_factors
 from app.state import RunState
 
@@ -64,13 +65,62 @@ def test_encode_channels_and_absent_prompts_are_zero():
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (10, 12, 14)).astype(np.uint8))
     roi = Roi((0, 0, 0), (8, 8, 8), (8, 8, 8))
     x = encode(image, roi, (1, 1, 1))
-    assert x.shape == (5, 8, 8, 8)
+    assert x.shape == (len(CHANNELS), 8, 8, 8) == (7, 8, 8, 8)
     assert torch.all(x[1:] == 0)
     assert abs(float(x[0].mean())) < 1e-4  # z-scored image
     prev = torch.zeros(10, 12, 14, dtype=torch.bool)
     prev[2:4, 2:4, 2:4] = True
     x = encode(image, roi, (1, 1, 1), box=((1, 1, 1), (2, 2, 2)), fg=[(5, 5, 5)], bg=[(6, 6, 6)], prev=prev)
     assert x[1].sum() == 8 and x[2, 5, 5, 5] == 1 and x[3, 6, 6, 6] == 1 and x[4].sum() == 8
+    assert torch.all(x[5:] == 0)  # no other class
+
+
+def test_the_other_classes_channels_count_their_boxes_and_hold_their_voxels():
+    """Two other boxes overlapping in one voxel row; the previous segmentation holds the class's
+    own label (not another's), label 2 and label 3."""
+    image = torch.zeros(10, 12, 14, dtype=torch.uint8)
+    roi = Roi((0, 0, 0), (8, 8, 8), (8, 8, 8))
+    labels = np.zeros((10, 12, 14), np.uint8)
+    labels[0:2, 0:2, 0:2] = 1
+    labels[4:6, 4:6, 4:6] = 2
+    labels[7, 7, 7] = 3
+    labels[9, 9, 9] = 2  # outside the RoI
+    boxes = (((0, 0, 0), (3, 3, 3)), ((3, 0, 0), (5, 3, 3)))
+    x = encode(image, roi, (1, 1, 1), others=Others(boxes, labels, 1))
+    assert set(np.unique(x[5].numpy())) == {0.0, 0.5, 0.75}
+    assert x[5, 3, 0, 0] == 0.75 and x[5, 0, 0, 0] == 0.5 and x[5, 5, 0, 0] == 0.5 and x[5, 6, 0, 0] == 0
+    assert x[6].sum() == 9 and x[6, 0, 0, 0] == 0 and x[6, 4, 4, 4] == 1 and x[6, 7, 7, 7] == 1
+    zoomed = Roi((0, 0, 0), (10, 12, 14), (4, 4, 4))
+    assert encode(image, zoomed, (1, 1, 1), others=Others(boxes, labels, 1)).shape == (7, 4, 4, 4)
+
+
+def test_a_five_channel_file_computes_what_it_did(tmp_path):
+    """A weights file from before the other classes' channels loads with zero weights for them:
+    its logits are those of the five-channel network, whatever the other channels hold."""
+    torch.manual_seed(0)
+    old = build_unet({"in_channels": 5, "widths": (8, 16), "groups": 4}).eval()
+    torch.save({"model": old.state_dict(), "model_config": config_dict(old), "meta": {"patch": 8}}, tmp_path / "g.pt")
+    expert = Expert.load(tmp_path / "g.pt", torch.device("cpu"))
+    assert expert.model.config.in_channels == len(CHANNELS)
+    x = torch.randn(1, len(CHANNELS), 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(expert.model(x), old(x[:, :5]))
+        x[:, 5:] = torch.rand(1, 2, 8, 8, 8)
+        assert torch.equal(expert.model(x), old(x[:, :5]))
+
+
+def test_a_box_prior_keeps_the_other_classes_voxels():
+    """A class absent from the previous segmentation gets its box prior as its previous mask; the
+    other classes' voxels stay there for the others' channel (ClassSegmenter.others_for)."""
+    prev_pred = np.zeros((10, 10, 10), np.uint8)
+    prev_pred[0:3] = 2
+    view = engine.ClassView(1, ClassPrompts(None, [], [], []), None, None, prev_pred)
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:6] = True
+    seen = view.with_prev(mask)
+    assert np.array_equal(seen.prev_mask(), mask)
+    assert np.all(seen.prev_pred[0:2] == 2) and np.all(seen.prev_pred[2:6] == 1) and not seen.prev_pred[6:].any()
+    assert engine.ClassSegmenter.others_for(seen).labels is seen.prev_pred
 
 
 def test_a_thin_slab_is_normalised_on_its_content_not_on_the_padding():
@@ -233,7 +283,7 @@ class BoxExpert(Expert):
     def __init__(self):
         self.calls = 0
 
-    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None, prev_on_crop=False):
+    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None, prev_on_crop=False, others=None):
         self.calls += 1
         x = encode(image, roi, spacing, box, fg, bg, prev, prev_on_crop)
         return from_patch((x[1:2] * 16 - 8), roi)[0]
@@ -246,7 +296,7 @@ class GrowingExpert(BoxExpert):
         super().__init__()
         self.lo, self.hi = lo, hi
 
-    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None, prev_on_crop=False):
+    def logits(self, image, roi, spacing, box=None, fg=(), bg=(), prev=None, prev_on_crop=False, others=None):
         self.calls += 1
         out = torch.full(roi.size, -8.0)
         coords = [np.arange(s, s + n) for s, n in zip(roi.start, roi.size)]

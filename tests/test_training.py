@@ -17,9 +17,10 @@ from scipy import ndimage
 
 from app.models.unet3d import build_unet
 from training import synth, train
-from training.interaction import MARGIN, jittered_box, other_click, perturbed_mask, sampled_click
+from training.interaction import MARGIN, jittered_box, other_click, others_previous, perturbed_mask, sampled_click
 
 ROOT = Path(__file__).resolve().parents[1]
+CUBE = np.ones((3, 3, 3), bool)  # dilation by one voxel along every axis at once
 
 
 @pytest.mark.parametrize("look", synth.LOOKS)
@@ -189,6 +190,27 @@ def test_other_classes_click_inside_their_objects_and_claim_the_targets_voxels()
     assert 0.4 < taken < 0.8  # half drawn where the target took them, else anywhere (3 of 10 rows taken)
 
 
+def test_the_other_classes_previous_masks_are_their_truths_moved_a_little():
+    rng = np.random.default_rng(4)
+    classes = np.zeros((24, 30, 30), np.uint8)
+    classes[2:12, 2:28, 2:28] = 1
+    classes[12:22, 2:28, 2:15] = 2
+    classes[12:22, 2:28, 15:28] = 3
+    moved, missing = 0, 0
+    for _ in range(20):
+        held = others_previous(rng, classes, 2)
+        assert held.shape == classes.shape and held.dtype == np.uint8
+        assert not (held == 2).any() and set(np.unique(held)) <= {0, 1, 3}
+        for label in (1, 3):
+            if not (held == label).any():
+                missing += 1
+                continue
+            near = ndimage.binary_dilation(classes == label, CUBE, iterations=3)
+            assert (held == label)[~near].sum() == 0  # displaced by at most 3 voxels per axis
+            moved += int(((held == label) != (classes == label)).any())
+    assert moved > 20 and missing < 12
+
+
 def test_simulated_rounds_see_the_case_as_the_engine_does():
     """The target's view in training is engine.class_views's view of the same multi-class case:
     the other classes' boxes (parcels, twins) and their clicks of every round."""
@@ -200,7 +222,7 @@ def test_simulated_rounds_see_the_case_as_the_engine_does():
     ids = np.unique(case.labels)[1:]
     assert len(ids) > 2
     segmenter = train.segmenter_for(build_unet(), case, cfg)
-    seen_rounds = set()
+    seen_rounds, others_seen = set(), 0
     for seed in range(8):
         truth, view = train.simulate(np.random.default_rng(seed), case, segmenter, cfg)
         target = int(ids[[np.array_equal(case.labels == i, truth) for i in ids].index(True)])
@@ -218,7 +240,12 @@ def test_simulated_rounds_see_the_case_as_the_engine_does():
             view.parcel, view.lining, view.holds_a_box)
         assert engine_view.negatives == view.negatives and engine_view.claimed == view.claimed
         assert len(engine_view.twins) == len(view.twins)
-    assert len(seen_rounds) > 1
+        if rounds:  # the others hold their voxels of the previous segmentation, near their truths
+            held = (view.prev_pred != 0) & (view.prev_pred != target)
+            near = ndimage.binary_dilation((case.labels != 0) & (case.labels != target), CUBE, iterations=3)
+            assert held.any() and not (held & ~near).any()
+            others_seen += 1
+    assert len(seen_rounds) > 1 and others_seen
 
 
 def _fixed_batch(cfg, model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import edt
 import numpy as np
+from scipy import ndimage
 
 from app.io import Box
 from harness.official import MAX_BOX_SHIFT, box_from_mask, error_click, largest_component
@@ -87,3 +88,19 @@ def random_voxel(rng: np.random.Generator, mask: np.ndarray) -> tuple[int, int, 
     """A uniformly drawn voxel of a non-empty mask."""
     flat = np.flatnonzero(mask)
     return tuple(int(v) for v in np.unravel_index(flat[rng.integers(flat.size)], mask.shape))
+
+
+def others_previous(rng: np.random.Generator, classes: np.ndarray, target: int) -> np.ndarray:
+    """The other classes' masks of an earlier round, as a fused segmentation holds them: the class
+    map (1..K, `target` cleared) warped by a smooth random displacement of up to 3 voxels, with a
+    class now and then missing (a class the fusion gave away)."""
+    shape = classes.shape
+    amplitude = rng.uniform(0.0, 3.0)
+    cells = int(rng.integers(2, 6))
+    grid = np.indices(shape, dtype=np.float32)
+    for axis in range(3):
+        grid[axis] += np.clip(amplitude * smooth_noise(rng, shape, cells), -3.0, 3.0)
+    held = ndimage.map_coordinates(classes, grid, order=0, mode="nearest")
+    missing = np.flatnonzero(rng.random(int(classes.max()) + 1) < 0.1)
+    held[np.isin(held, [*missing, target])] = 0
+    return held

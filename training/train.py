@@ -39,14 +39,14 @@ from torch.nn import functional as F
 from app.engine import ClassCanvas, ClassSegmenter, ClassView, case_options, class_views
 from app.experts import GLOBAL_ZOOMED_PATCH, Expert, autocast, cpu_has_bf16
 from app.io import Case, ClassPrompts
-from app.models.unet3d import build_unet, config_dict
+from app.models.unet3d import build_unet, config_dict, load_weights
 from app.prompts import encode
 from app.roi import crop, prompt_bounds, to_patch, window_at
 from harness import loop as harness_loop
 from harness.official import error_click
 from training import synth
 from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, parse_weights, resume_start
-from training.interaction import jittered_box, other_click, perturbed_mask, sampled_click
+from training.interaction import jittered_box, other_click, others_previous, perturbed_mask, sampled_click
 
 
 # ----------------------------------------------------------------------------- defaults
@@ -151,6 +151,9 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
     So the target meets what it meets at inference: twins, parcels and linings by their boxes,
     and the others' positive clicks as its negatives and as voxels it must give up.
     The first previous mask is sometimes a perturbed truth, for variety beyond the model's errors.
+    From the first round on, the other classes hold their voxels of the previous segmentation
+    (training.interaction.others_previous: the truth, warped; segmenting every class every round
+    would cost K times the sample).
     """
     ids = [int(v) for v in np.unique(case.labels)[1:]]
     target = 1 if getattr(case, "label_id", None) is not None else int(rng.choice(ids))  # a data crop's label is 1
@@ -162,13 +165,17 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
         for p, m in zip(prompts, truths):
             p.fg.append(error_click(np.zeros_like(m), m)[0])
             p.order.append("fg")
-    truth, mine, prev = truths[t], prompts[t], None
+    truth, mine, prev, held = truths[t], prompts[t], None, None
     rounds = int(rng.integers(1, cfg.max_rounds + 1)) if rng.random() < 0.7 else 0
     for _ in range(rounds):
         if prev is None and use_box and rng.random() < 0.25:
             prev = perturbed_mask(rng, truth, case.spacing)
         else:
-            prev = segmenter.segment(simulated_view(case, prompts, t, prev))[0].mask_full()
+            prev = segmenter.segment(simulated_view(case, prompts, t, prev, held))[0].mask_full()
+        if held is None:
+            classes = np.searchsorted(ids, case.labels) + 1
+            classes[case.labels == 0] = 0
+            held = others_previous(rng, classes.astype(np.uint8), t + 1)
         click = sampled_click(rng, prev, truth, case.spacing)
         if click is None:
             break
@@ -176,7 +183,7 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
         for o, (p, m) in enumerate(zip(prompts, truths)):
             if o != t:
                 add_click(p, other_click(rng, m, prev, p.box))
-    return truth, segmenter.prepare(simulated_view(case, prompts, t, prev))
+    return truth, segmenter.prepare(simulated_view(case, prompts, t, prev, held))
 
 
 def add_click(prompts: ClassPrompts, click: tuple[tuple[int, int, int], bool]) -> None:
@@ -185,9 +192,15 @@ def add_click(prompts: ClassPrompts, click: tuple[tuple[int, int, int], bool]) -
     prompts.order.append("fg" if click[1] else "bg")
 
 
-def simulated_view(case, prompts: list[ClassPrompts], t: int, prev: np.ndarray | None) -> ClassView:
-    """Class t's view of a case holding `prompts`, with `prev` (boolean) as its previous mask."""
-    prev_pred = None if prev is None or not prev.any() else prev.astype(np.uint8) * np.uint8(t + 1)
+def simulated_view(case, prompts: list[ClassPrompts], t: int, prev: np.ndarray | None,
+                   held: np.ndarray | None = None) -> ClassView:
+    """Class t's view of a case holding `prompts`, with `prev` (boolean) as its previous mask and
+    `held` (labels 1..K, none t + 1) the other classes' voxels of the previous segmentation."""
+    prev_pred = held.copy() if held is not None else None
+    if prev is not None and prev.any():
+        prev_pred = np.where(prev, np.uint8(t + 1), prev_pred if prev_pred is not None else np.uint8(0))
+    if prev_pred is not None and not prev_pred.any():
+        prev_pred = None
     has_boxes = prompts[t].box is not None
     return class_views(Case(file_name(case), case.image, case.spacing, prompts, prev_pred, 0, has_boxes))[t]
 
@@ -205,7 +218,8 @@ def global_sample(rng, case, model, cfg: TrainConfig):
     lo, hi = prompt_bounds(view.box, p.fg, prev)
     roi = segmenter.global_expert.roi_for(lo - rng.integers(0, 4, 3), hi + rng.integers(0, 4, 3))
     prev_t = None if prev is None else torch.from_numpy(prev)
-    x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev_t)
+    x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev_t,
+               others=segmenter.others_for(view))
     y = to_patch(crop(torch.from_numpy(truth)[None].float(), roi), roi) > 0.5
     return x, y.float()
 
@@ -226,7 +240,8 @@ def local_sample(rng, case, model, cfg: TrainConfig):
     centre = centre + rng.integers(-cfg.patch // 8, cfg.patch // 8 + 1, 3)
     roi = window_at(centre, (cfg.patch,) * 3)
     prev = torch.from_numpy(canvas.mask_on(roi))
-    x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev, prev_on_crop=True)
+    x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev, prev_on_crop=True,
+               others=segmenter.others_for(view))
     y = crop(torch.from_numpy(truth)[None].float(), roi)
     return x, y
 
@@ -366,7 +381,7 @@ def main(cfg: TrainConfig) -> None:
         print(f"resumed {ckpt_path} at step {step}", flush=True)
     elif cfg.init:
         weights = torch.load(cfg.init, map_location=cfg.device, weights_only=False)
-        model.load_state_dict({k: v.float() for k, v in weights["model"].items()})
+        load_weights(model, weights["model"])  # a 5-channel file: zero weights for the others' channels
         print(f"initialised from {cfg.init}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     bf16 = use_bf16(cfg, model)

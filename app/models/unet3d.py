@@ -17,7 +17,8 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class UNetConfig:
-    in_channels: int = 5          # image, box, +clicks, -clicks, previous mask (app.prompts.CHANNELS)
+    in_channels: int = 7          # image, box, +clicks, -clicks, previous mask, others' boxes and masks
+                                  # (app.prompts.CHANNELS)
     widths: tuple[int, ...] = (16, 32, 64, 128)  # features per stage; stage i runs at 1/2**i resolution
     blocks_per_stage: int = 1     # residual blocks per encoder stage (after the stride-2 entry conv)
     groups: int = 8               # GroupNorm groups: batch-size independent, fine for batch 1..4
@@ -91,6 +92,18 @@ def build_unet(config: UNetConfig | dict | None = None) -> UNet3D:
     if isinstance(config, dict):
         config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     return UNet3D(config or UNetConfig())
+
+
+def load_weights(model: UNet3D, state: dict) -> None:
+    """Loads a state dict into `model`, widening a file made for fewer input channels (before the
+    other classes' channels): the new channels get zero weights, so it computes what it did."""
+    state = {k: v.float() for k, v in state.items()}
+    own = model.state_dict()
+    for key in ("stem.conv1.weight", "stem.skip.0.weight"):
+        have, want = state[key], own[key].shape[1]
+        if have.shape[1] < want:
+            state[key] = torch.cat([have, have.new_zeros(have.shape[0], want - have.shape[1], *have.shape[2:])], 1)
+    model.load_state_dict(state)
 
 
 def config_dict(model: UNet3D) -> dict:
