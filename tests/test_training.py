@@ -17,7 +17,15 @@ from scipy import ndimage
 
 from app.models.unet3d import build_unet
 from training import synth, train
-from training.interaction import MARGIN, jittered_box, other_click, others_previous, perturbed_mask, sampled_click
+from training.interaction import (
+    MARGIN,
+    jittered_box,
+    lost_to_others,
+    other_click,
+    others_previous,
+    perturbed_mask,
+    sampled_click,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CUBE = np.ones((3, 3, 3), bool)  # dilation by one voxel along every axis at once
@@ -211,6 +219,28 @@ def test_the_other_classes_previous_masks_are_their_truths_moved_a_little():
     assert moved > 20 and missing < 12
 
 
+def test_what_the_target_missed_mostly_goes_to_its_nearest_neighbour():
+    rng = np.random.default_rng(5)
+    classes = np.zeros((20, 30, 30), np.uint8)
+    classes[:, :, :10], classes[:, :, 10:20], classes[:, :, 20:] = 1, 2, 3
+    truth = classes == 2
+    prev = truth.copy()
+    prev[:, :, 10:13] = False  # missed on the side of class 1
+    prev[:, :, 18:20] = False  # and on the side of class 3
+    held = np.where(truth, 0, classes).astype(np.uint8)
+    given = 0
+    for _ in range(40):
+        out = lost_to_others(rng, held, truth, prev)
+        assert np.array_equal(out[~truth], held[~truth]) and not out[prev].any()
+        if out[:, :, 10:13].any():
+            given += 1
+            assert (out[:, :, 10:13] == 1).all() and (out[:, :, 18:20] == 3).all()
+        else:
+            assert not out[truth].any()
+    assert 20 < given < 38  # three times in four
+    assert lost_to_others(rng, held, truth, None) is held
+
+
 def test_simulated_rounds_see_the_case_as_the_engine_does():
     """The target's view in training is engine.class_views's view of the same multi-class case:
     the other classes' boxes (parcels, twins) and their clicks of every round."""
@@ -240,10 +270,11 @@ def test_simulated_rounds_see_the_case_as_the_engine_does():
             view.parcel, view.lining, view.holds_a_box)
         assert engine_view.negatives == view.negatives and engine_view.claimed == view.claimed
         assert len(engine_view.twins) == len(view.twins)
-        if rounds:  # the others hold their voxels of the previous segmentation, near their truths
+        if rounds:  # the others hold their voxels of the previous segmentation, near their truths or
+            # where the target missed its own
             held = (view.prev_pred != 0) & (view.prev_pred != target)
             near = ndimage.binary_dilation((case.labels != 0) & (case.labels != target), CUBE, iterations=3)
-            assert held.any() and not (held & ~near).any()
+            assert held.any() and not (held & ~near & (case.labels != target)).any()
             others_seen += 1
     assert len(seen_rounds) > 1 and others_seen
 

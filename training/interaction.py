@@ -104,3 +104,28 @@ def others_previous(rng: np.random.Generator, classes: np.ndarray, target: int) 
     missing = np.flatnonzero(rng.random(int(classes.max()) + 1) < 0.1)
     held[np.isin(held, [*missing, target])] = 0
     return held
+
+
+def lost_to_others(rng: np.random.Generator, held: np.ndarray, truth: np.ndarray,
+                   prev: np.ndarray | None, reach: int = 8) -> np.ndarray:
+    """The others' voxels of the previous segmentation once the target's round took its share:
+    where the target's previous mask missed its truth, the fusion gave those voxels to a
+    neighbour (the nearest other class within `reach` voxels of them) three times in four, else
+    to the background. The others' warped truths alone taught the network to trust them, and at
+    inference they hold what the target must win back: leg V at step 521, ICBM CSF DSC_AUC 3.03
+    without the others' channels, 2.80 with them."""
+    if prev is None or not held.any() or rng.random() < 0.25:
+        return held
+    lost = truth & ~prev
+    if not lost.any():
+        return held
+    coords = np.argwhere(lost)
+    window = tuple(slice(max(a - reach, 0), b + reach + 1) for a, b in zip(coords.min(0), coords.max(0)))
+    near = held[window]
+    if not near.any():
+        return held
+    nearest = ndimage.distance_transform_edt(near == 0, return_distances=False, return_indices=True)
+    out = held.copy()
+    gained = lost[window]
+    out[window][gained] = near[tuple(axis[gained] for axis in nearest)]
+    return out

@@ -46,7 +46,14 @@ from harness import loop as harness_loop
 from harness.official import error_click
 from training import synth
 from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, parse_weights, resume_start
-from training.interaction import jittered_box, other_click, others_previous, perturbed_mask, sampled_click
+from training.interaction import (
+    jittered_box,
+    lost_to_others,
+    other_click,
+    others_previous,
+    perturbed_mask,
+    sampled_click,
+)
 
 
 # ----------------------------------------------------------------------------- defaults
@@ -153,7 +160,8 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
     The first previous mask is sometimes a perturbed truth, for variety beyond the model's errors.
     From the first round on, the other classes hold their voxels of the previous segmentation
     (training.interaction.others_previous: the truth, warped; segmenting every class every round
-    would cost K times the sample).
+    would cost K times the sample), and mostly also what the target's mask missed
+    (training.interaction.lost_to_others).
     """
     ids = [int(v) for v in np.unique(case.labels)[1:]]
     target = 1 if getattr(case, "label_id", None) is not None else int(rng.choice(ids))  # a data crop's label is 1
@@ -166,12 +174,17 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
             p.fg.append(error_click(np.zeros_like(m), m)[0])
             p.order.append("fg")
     truth, mine, prev, held = truths[t], prompts[t], None, None
+
+    def view_on(prev_mask: np.ndarray | None) -> ClassView:
+        others = None if held is None else lost_to_others(rng, held, truth, prev_mask)
+        return simulated_view(case, prompts, t, prev_mask, others)
+
     rounds = int(rng.integers(1, cfg.max_rounds + 1)) if rng.random() < 0.7 else 0
     for _ in range(rounds):
         if prev is None and use_box and rng.random() < 0.25:
             prev = perturbed_mask(rng, truth, case.spacing)
         else:
-            prev = segmenter.segment(simulated_view(case, prompts, t, prev, held))[0].mask_full()
+            prev = segmenter.segment(view_on(prev))[0].mask_full()
         if held is None:
             classes = np.searchsorted(ids, case.labels) + 1
             classes[case.labels == 0] = 0
@@ -183,7 +196,7 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
         for o, (p, m) in enumerate(zip(prompts, truths)):
             if o != t:
                 add_click(p, other_click(rng, m, prev, p.box))
-    return truth, segmenter.prepare(simulated_view(case, prompts, t, prev, held))
+    return truth, segmenter.prepare(view_on(prev))
 
 
 def add_click(prompts: ClassPrompts, click: tuple[tuple[int, int, int], bool]) -> None:
