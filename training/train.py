@@ -209,13 +209,12 @@ def simulated_view(case, prompts: list[ClassPrompts], t: int, prev: np.ndarray |
                    held: np.ndarray | None = None) -> ClassView:
     """Class t's view of a case holding `prompts`, with `prev` (boolean) as its previous mask and
     `held` (labels 1..K, none t + 1) the other classes' voxels of the previous segmentation."""
-    prev_pred = held.copy() if held is not None else None
-    if prev is not None and prev.any():
-        prev_pred = np.where(prev, np.uint8(t + 1), prev_pred if prev_pred is not None else np.uint8(0))
-    if prev_pred is not None and not prev_pred.any():
-        prev_pred = None
+    prev_pred = np.zeros(case.image.shape, np.uint8) if held is None else held.copy()
+    if prev is not None:
+        prev_pred[prev] = t + 1
     has_boxes = prompts[t].box is not None
-    return class_views(Case(file_name(case), case.image, case.spacing, prompts, prev_pred, 0, has_boxes))[t]
+    return class_views(Case(file_name(case), case.image, case.spacing, prompts, prev_pred if prev_pred.any() else None,
+                            0, has_boxes))[t]
 
 
 def global_sample(rng, case, model, cfg: TrainConfig):
