@@ -1008,9 +1008,14 @@ class ClassSegmenter:
 
     @staticmethod
     def others_for(view: ClassView) -> Others:
-        """The other classes as both experts see them: their boxes, and the voxels they hold in the
-        previous segmentation (app.prompts.Others); training builds its samples from the same."""
-        return Others(tuple(o.box.bounds() for o in view.others if o.box is not None), view.prev_pred, view.label)
+        """The other classes as both experts see them: the boxes of its neighbours, and the voxels
+        they hold in the previous segmentation (app.prompts.Others); training builds its samples
+        from the same. A container's or a content's box is left out: a white matter's box lies
+        under all its cortex parcels' boxes, and their count taught the network to give it up at
+        round 0 (leg V, issue 9), while for a parcel the container's box covers all of its RoI."""
+        nested = (*view.containers, *view.contents)
+        beside = (o for o in view.others if o.box is not None and not any(o is n for n in nested))
+        return Others(tuple(o.box.bounds() for o in beside), view.prev_pred, view.label)
 
     def local_pass(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
         """The local expert on a native window at `centre`, seeing the canvas's mask as the

@@ -123,6 +123,19 @@ def test_a_box_prior_keeps_the_other_classes_voxels():
     assert engine.ClassSegmenter.others_for(seen).labels is seen.prev_pred
 
 
+def test_the_others_boxes_channel_shows_neighbours_not_containers_or_contents():
+    """A white matter's box holds its two parcels' boxes: it sees neither, and they see only each
+    other (ClassSegmenter.others_for), so a container is not told to give its box to its parts."""
+    image = np.zeros((20, 40, 40), np.uint8)
+    white = ClassPrompts(Box.from_bounds((0, 0, 0), (19, 39, 39)), [], [], [])
+    left = ClassPrompts(Box.from_bounds((5, 5, 5), (14, 20, 18)), [], [], [])
+    right = ClassPrompts(Box.from_bounds((5, 5, 15), (14, 20, 30)), [], [], [])
+    views = engine.class_views(Case("MR_x", image, np.ones(3), [white, left, right], None, 0, True))
+    seen = [[tuple(map(tuple, b)) for b in engine.ClassSegmenter.others_for(v).boxes] for v in views]
+    assert len(views[0].contents) == 2 and seen[0] == []
+    assert seen[1] == [((5, 5, 15), (14, 20, 30))] and seen[2] == [((5, 5, 5), (14, 20, 18))]
+
+
 def test_a_thin_slab_is_normalised_on_its_content_not_on_the_padding():
     """15 slices in a 48-slice patch: repeated edge slices beyond z, zeros (air) beyond the
     in-plane field of view, and the z-score over what the image holds."""

@@ -25,6 +25,7 @@ from training.interaction import (
     others_previous,
     perturbed_mask,
     sampled_click,
+    target_weights,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +240,20 @@ def test_what_the_target_missed_mostly_goes_to_its_nearest_neighbour():
             assert not out[truth].any()
     assert 20 < given < 38  # three times in four
     assert lost_to_others(rng, held, truth, None) is held
+
+
+def test_a_container_of_two_or_more_boxes_is_the_target_more_often():
+    """A white matter holding two parcels weighs CONTAINER_WEIGHT; the parcels and a box-sharing
+    neighbour (contained by nothing, holding nothing) weigh 1."""
+    shape = (20, 40, 40)
+    white, left, right = (np.zeros(shape, bool) for _ in range(3))
+    white[:, :, :] = True
+    left[5:15, 5:20, 5:18] = True
+    right[5:15, 5:20, 20:32] = True
+    weights = target_weights([white & ~left & ~right, left, right])
+    assert weights[0] == pytest.approx(3 * weights[1]) and weights[1] == pytest.approx(weights[2])
+    assert weights.sum() == pytest.approx(1.0)
+    assert np.allclose(target_weights([left, right]), 0.5)
 
 
 def test_simulated_rounds_see_the_case_as_the_engine_does():

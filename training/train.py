@@ -53,6 +53,7 @@ from training.interaction import (
     others_previous,
     perturbed_mask,
     sampled_click,
+    target_weights,
 )
 
 
@@ -150,7 +151,8 @@ def file_name(case) -> str:
 
 
 def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
-    """A target and its class's view after 0..max_rounds engine rounds on its own predictions.
+    """A target (containers more often: training.interaction.target_weights) and its class's view
+    after 0..max_rounds engine rounds on its own predictions.
 
     The rounds run inside the multi-class case the engine would read (app.engine.class_views):
     every class has its box, or starts as the organisers start a box-less class, with one click
@@ -164,8 +166,9 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
     (training.interaction.lost_to_others).
     """
     ids = [int(v) for v in np.unique(case.labels)[1:]]
-    target = 1 if getattr(case, "label_id", None) is not None else int(rng.choice(ids))  # a data crop's label is 1
     truths = [case.labels == label for label in ids]
+    data_crop = getattr(case, "label_id", None) is not None  # a data crop's label is 1
+    target = 1 if data_crop else int(rng.choice(ids, p=target_weights(truths)))
     t = ids.index(target)
     use_box = rng.random() < (0.2 if case.no_box else 0.9)
     prompts = [ClassPrompts(jittered_box(rng, m) if use_box else None, [], [], []) for m in truths]
