@@ -1010,9 +1010,9 @@ class ClassSegmenter:
     def others_for(view: ClassView) -> Others:
         """The other classes as both experts see them: the boxes of its neighbours, and the voxels
         they hold in the previous segmentation (app.prompts.Others); training builds its samples
-        from the same. A container's or a content's box is left out: a white matter's box lies
-        under all its cortex parcels' boxes, and their count taught the network to give it up at
-        round 0 (leg V, issue 9), while for a parcel the container's box covers all of its RoI."""
+        from the same. A container's or a content's box is left out: it does not show where the
+        class ends (a parcel's container box covers its whole RoI, and a white matter's box lies
+        under all its parcels' boxes). Leg W trained on this (harness/EXPERIMENTS.md)."""
         nested = (*view.containers, *view.contents)
         beside = (o for o in view.others if o.box is not None and not any(o is n for n in nested))
         return Others(tuple(o.box.bounds() for o in beside), view.prev_pred, view.label)
