@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from app.engine import contains_box
 from app.io import Box
+from app.roi import bounding_box
 from harness.official import MAX_BOX_SHIFT, box_from_mask, error_click, largest_component
 from training.synth import smooth_noise
 
@@ -137,8 +138,7 @@ def target_weights(truths: list[np.ndarray]) -> np.ndarray:
     """How often each class is drawn as the target: CONTAINER_WEIGHT for one whose box contains
     two or more of the others' (app.engine.contains_box), 1 otherwise. A white matter under its
     cortex parcels' boxes is one class in 20 of a parcelled brain, too rare to learn (issue 9)."""
-    boxes = [(np.array([s.start for s in sl]), np.array([s.stop - 1 for s in sl]))
-             for sl in (ndimage.find_objects(m.astype(np.uint8))[0] for m in truths)]
+    boxes = [bounding_box(m) for m in truths]
     held = [sum(contains_box(box, other) for o, other in enumerate(boxes) if o != c) for c, box in enumerate(boxes)]
     weights = np.where(np.array(held) >= 2, CONTAINER_WEIGHT, 1.0)
     return weights / weights.sum()
