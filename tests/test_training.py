@@ -479,3 +479,32 @@ def test_look_weights_shift_the_procedural_mix():
     assert 0.35 < draws.count("ct") / len(draws) < 0.5  # 3/7 expected
     with pytest.raises(ValueError, match="unknown look"):
         train.look_probabilities("xray=2")
+
+
+def test_a_local_run_simulates_with_the_global_expert_it_ships_with(tmp_path):
+    """A local expert's rounds start from the shipped global expert's masks, as in the engine
+    with both files; the live model serves only the native windows."""
+    from app import engine
+    from app.experts import Expert
+    from app.io import Case, ClassPrompts
+
+    torch.manual_seed(0)
+    shipped, live = build_unet(), build_unet()
+    path = tmp_path / "global_expert.pt"
+    train.export(shipped, train.TrainConfig(patch=16), 1, str(path))
+    cfg = train.TrainConfig(expert="local", patch=16, zoomed_patch=24, precision="fp32", global_weights=str(path))
+    case = synth.generate(np.random.default_rng(5), "ct")
+    truth = case.labels == 1
+    box = jittered_box(np.random.default_rng(0), truth)
+    segmenter = train.segmenter_for(live, case, cfg)
+    assert segmenter.local_expert.model is live and segmenter.global_expert.model is not live
+    fg = [tuple(int(v) for v in np.argwhere(truth)[0])]
+    view = engine.ClassView.single(box, fg, [], ["fg"], truth)
+    mask = segmenter.segment(view)[0].mask_full()
+    experts = (Expert.load(path, torch.device("cpu"), 24), Expert.from_model(live, 16, "cpu", bf16=False))
+    file_case = Case("CT_t.npz", case.image, case.spacing, [ClassPrompts(box, fg, [], ["fg"])],
+                     truth.astype(np.uint8), 1, True)
+    assert np.array_equal(engine.run(file_case, None, deadline=float("inf"), experts=experts) == 1, mask)
+    with pytest.raises(SystemExit, match="no such file"):
+        missing = train.TrainConfig(expert="local", patch=16, global_weights=str(tmp_path / "x.pt"))
+        train.segmenter_for(live, case, missing)

@@ -22,6 +22,7 @@ whose deepest map is 2 voxels deep, see use_bf16), else fp32; a non-finite gradi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -61,6 +62,7 @@ from training.interaction import (
 @dataclass
 class TrainConfig:
     expert: str = "global"          # global: zoomed RoI of the object; local: native window at a click
+    global_weights: str = "weights/global_expert.pt"  # a local run: the global expert it ships with
     patch: int = 48
     zoomed_patch: int = GLOBAL_ZOOMED_PATCH  # the engine's patch for a RoI that `patch` would zoom out
     batch: int = 4                  # samples per process and micro-step
@@ -136,13 +138,26 @@ def look_probabilities(text: str) -> np.ndarray:
 
 def segmenter_for(model, case, cfg: TrainConfig) -> ClassSegmenter:
     """The engine's per-class predictor around the live model, as it would run on this case."""
-    expert = live_expert(model, cfg)
-    return ClassSegmenter(case.image, case.spacing, expert, None, **case_options(file_name(case)))
+    return ClassSegmenter(case.image, case.spacing, *engine_experts(model, cfg), **case_options(file_name(case)))
 
 
-def live_expert(model, cfg: TrainConfig) -> Expert:
-    """The live model as the engine's global expert, with the engine's patches."""
-    return Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg, model), cfg.zoomed_patch)
+def engine_experts(model, cfg: TrainConfig) -> tuple[Expert, Expert | None]:
+    """The engine's (global, local) experts with the live model in its place: a global run's
+    model serves both views (no local file); a local run's sits beside the global expert it
+    will ship with (--global-weights), whose masks its windows start from in the engine."""
+    live = Expert.from_model(model, cfg.patch, cfg.device, use_bf16(cfg, model),
+                             cfg.zoomed_patch if cfg.expert == "global" else None)
+    if cfg.expert == "global":
+        return live, None
+    return frozen_expert(cfg.global_weights, cfg.device, cfg.zoomed_patch), live
+
+
+@functools.cache
+def frozen_expert(path: str, device: str, zoomed_patch: int) -> Expert:
+    """A shipped weights file as the engine loads it, read once per process."""
+    if not Path(path).exists():
+        raise SystemExit(f"--global-weights {path}: no such file (a local run needs the global expert it ships with)")
+    return Expert.load(Path(path), torch.device(device), zoomed_patch)
 
 
 def file_name(case) -> str:
@@ -333,7 +348,7 @@ def validate_official(model, cfg: TrainConfig) -> dict:
     from app import engine
 
     model.eval()
-    experts = (live_expert(model, cfg), None)
+    experts = engine_experts(model, cfg)
     predictor = harness_loop.InProcessPredictor(lambda case, state, deadline: engine.run(case, None, deadline, experts))
     records = []
     tasks = harness_loop.load_tasks(Path(cfg.val_data))
