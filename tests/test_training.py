@@ -505,6 +505,6 @@ def test_a_local_run_simulates_with_the_global_expert_it_ships_with(tmp_path):
     file_case = Case("CT_t.npz", case.image, case.spacing, [ClassPrompts(box, fg, [], ["fg"])],
                      truth.astype(np.uint8), 1, True)
     assert np.array_equal(engine.run(file_case, None, deadline=float("inf"), experts=experts) == 1, mask)
+    missing = train.TrainConfig(expert="local", patch=16, global_weights=str(tmp_path / "x.pt"))
     with pytest.raises(SystemExit, match="no such file"):
-        missing = train.TrainConfig(expert="local", patch=16, global_weights=str(tmp_path / "x.pt"))
         train.segmenter_for(live, case, missing)
