@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage
 
 from app.models.unet3d import build_unet
-from training import synth, train
+from training import interaction, synth, train
 from training.interaction import (
     MARGIN,
     jittered_box,
@@ -307,7 +307,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
-        loss = train.dice_bce(model(x), y)
+        loss = train.loss_of(model(x), y, 1.0)
         optim.zero_grad()
         loss.backward()
         optim.step()
@@ -508,3 +508,55 @@ def test_a_local_run_simulates_with_the_global_expert_it_ships_with(tmp_path):
     missing = train.TrainConfig(expert="local", patch=16, global_weights=str(tmp_path / "x.pt"))
     with pytest.raises(SystemExit, match="no such file"):
         train.segmenter_for(live, case, missing)
+
+
+def test_the_clicked_error_is_the_wrong_piece_under_the_click():
+    truth = np.zeros((12, 12, 12), bool)
+    truth[2:6, 2:6, 2:6] = True
+    prev = np.zeros_like(truth)
+    prev[8:11, 8:11, 8:11] = True  # a false positive apart from the missed cube
+    missed = interaction.clicked_error(prev, truth, (3, 3, 3))
+    assert (missed == truth).all()
+    assert (interaction.clicked_error(prev, truth, (9, 9, 9)) == prev).all()
+    assert not interaction.clicked_error(prev, truth, (0, 0, 0)).any()  # a click on a right voxel
+    assert not interaction.clicked_error(prev, truth, None).any()
+
+
+def test_the_click_term_counts_only_the_marked_error():
+    target = torch.zeros(1, 1, 4, 4, 4)
+    marked = torch.zeros(1, 1, 4, 4, 4)
+    marked[..., :2, :, :] = 1
+    y = torch.cat([target, marked], 1)
+    right = torch.full((1, 1, 4, 4, 4), -5.0)
+    wrong_outside = right.clone()
+    wrong_outside[..., 2:, :, :] = 5.0
+    wrong_inside = right.clone()
+    wrong_inside[..., :2, :, :] = 5.0
+    plain = train.dice_bce(wrong_outside, target)
+    assert torch.isclose(train.loss_of(wrong_outside, y, 0.0), plain)
+    assert torch.isclose(train.loss_of(wrong_outside, y, 2.0), plain, atol=0.02)
+    assert train.loss_of(wrong_inside, y, 2.0) > train.dice_bce(wrong_inside, target) + 5.0
+
+
+def test_a_sample_marks_the_error_its_newest_click_is_on(monkeypatch):
+    """Channel 1 of a sample's target holds the error the trained round's click marks: inside the
+    truth for a positive click, outside it for a negative one; nothing without a new click."""
+    cfg = train.TrainConfig(patch=16, zoomed_patch=24, precision="fp32", max_rounds=3)
+    case = synth.generate(np.random.default_rng(7), "mr")
+    marked_rounds = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        truth, view = train.simulate(rng, case, train.segmenter_for(build_unet(), case, cfg), cfg)
+        monkeypatch.setattr(train, "simulate", lambda *args, result=(truth, view): result)
+        for sample in (train.global_sample, train.local_sample):
+            x, y = sample(np.random.default_rng(seed), case, build_unet(), cfg)
+            assert y.shape[0] == 2 and set(torch.unique(y[1]).tolist()) <= {0.0, 1.0}
+            click = train.newest_click(view)
+            if click is None:
+                assert not y[1].any()
+            elif y[1].any():
+                marked_rounds += 1
+                on_truth = y[0][y[1] > 0]
+                assert (on_truth == (1.0 if view.prompts.newest_click[1] else 0.0)).float().mean() > 0.9
+        monkeypatch.undo()
+    assert marked_rounds

@@ -8,6 +8,7 @@ from the model itself (no grad, hard-binarised, paper 000) or from a perturbed t
 
 from __future__ import annotations
 
+import cc3d
 import edt
 import numpy as np
 from scipy import ndimage
@@ -142,3 +143,16 @@ def target_weights(truths: list[np.ndarray]) -> np.ndarray:
     held = [sum(contains_box(box, other) for o, other in enumerate(boxes) if o != c) for c, box in enumerate(boxes)]
     weights = np.where(np.array(held) >= 2, CONTAINER_WEIGHT, 1.0)
     return weights / weights.sum()
+
+
+def clicked_error(prev: np.ndarray, truth: np.ndarray, click) -> np.ndarray:
+    """The error the click marks: the 26-connected piece of the truth the previous mask missed
+    (a voxel of the truth clicked) or of what it took beyond the truth (a voxel outside it) that
+    holds the click; empty when the click is not on an error (or is None)."""
+    if click is None or not all(0 <= c < n for c, n in zip(click, prev.shape)):
+        return np.zeros(prev.shape, bool)
+    error = truth & ~prev if truth[tuple(click)] else prev & ~truth
+    if not error[tuple(click)]:
+        return np.zeros(prev.shape, bool)
+    pieces = cc3d.connected_components(error.astype(np.uint8), connectivity=26)
+    return pieces == pieces[tuple(click)]

@@ -50,6 +50,7 @@ from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, parse_we
 from training.interaction import (
     jittered_box,
     lost_to_others,
+    clicked_error,
     other_click,
     others_previous,
     perturbed_mask,
@@ -83,6 +84,7 @@ class TrainConfig:
     parcel_fraction: float = 0.3    # share of data samples relabelled by rule into touching parcels
     val_data: str = ""              # a folder of labelled files: the official loop on it every eval, best kept
     local_fraction: float = 0.3     # share of local-window samples in a global run (one net, both views)
+    click_weight: float = 0.0       # BCE on the error the newest click marks, this much beside Dice + BCE (loss_of)
     device: str = "cpu"
     precision: str = "auto"         # auto: bf16 on GPU or native-bf16 CPU, else fp32; or bf16 / fp32
     threads: int = 2
@@ -251,7 +253,9 @@ def global_sample(rng, case, model, cfg: TrainConfig):
     x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev_t,
                others=segmenter.others_for(view))
     y = to_patch(crop(torch.from_numpy(truth)[None].float(), roi), roi) > 0.5
-    return x, y.float()
+    marked = clicked_error(prev, truth, newest_click(view)) if prev is not None else np.zeros_like(truth)
+    w = to_patch(crop(torch.from_numpy(marked)[None].float(), roi), roi) > 0.5
+    return x, torch.cat([y, w]).float()
 
 
 def local_sample(rng, case, model, cfg: TrainConfig):
@@ -273,12 +277,22 @@ def local_sample(rng, case, model, cfg: TrainConfig):
     x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev, prev_on_crop=True,
                others=segmenter.others_for(view))
     y = crop(torch.from_numpy(truth)[None].float(), roi)
-    return x, y
+    click = newest_click(view)
+    local = None if click is None else tuple(int(c - s) for c, s in zip(click, roi.start))
+    w = torch.from_numpy(clicked_error(prev.numpy(), y[0].numpy() > 0.5, local))[None].float()
+    return x, torch.cat([y, w])
+
+
+def newest_click(view: ClassView):
+    """The voxel of the click added in the trained round, or None (round 0, or no new click)."""
+    p = view.prompts
+    return p.newest_click[0] if p.has_new_click and p.newest_click is not None else None
 
 
 def make_batch(rng, cfg, model, stream, pool: CasePool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """cfg.batch samples as (x, y) batches, one per patch size: a zoomed global RoI takes the
-    engine's larger zoomed patch, every other sample the trained one."""
+    engine's larger zoomed patch, every other sample the trained one. y's channels: the target,
+    and the error the newest click marks (loss_of)."""
     groups: dict[tuple, list] = {}
     for _ in range(cfg.batch):
         case = pool.draw(rng, cfg, stream)
@@ -286,6 +300,21 @@ def make_batch(rng, cfg, model, stream, pool: CasePool) -> list[tuple[torch.Tens
         x, y = (local_sample if local else global_sample)(rng, case, model, cfg)
         groups.setdefault(tuple(x.shape), []).append((x, y))
     return [(torch.stack([s[0] for s in g]), torch.stack([s[1] for s in g])) for g in groups.values()]
+
+
+def loss_of(logits: torch.Tensor, y: torch.Tensor, click_weight: float) -> torch.Tensor:
+    """Dice + BCE on the target (y's channel 0), plus click_weight x the mean BCE over the error
+    the newest click marks (channel 1; training.interaction.clicked_error). Why: with the plain
+    loss the clicked error is a small share of the patch's, and the network's own response to a
+    click (its logits with the click minus without it) lowered DSC on procedural aseg brains
+    when let through unconfined (-0.0055 per click, harness/EXPERIMENTS.md). Not a weight on every
+    wrong voxel of the previous mask: that biased every prediction against it (dice_bce)."""
+    loss = dice_bce(logits, y[:, :1])
+    if click_weight:
+        marked = y[:, 1:]
+        bce = F.binary_cross_entropy_with_logits(logits, y[:, :1], reduction="none")
+        loss = loss + click_weight * (bce * marked).sum() / marked.sum().clamp_min(1.0)
+    return loss
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -445,7 +474,7 @@ def main(cfg: TrainConfig) -> None:
                 with nullcontext() if last or not distributed else net.no_sync():
                     with autocast(cfg.device, bf16):
                         logits = net(x.to(cfg.device))
-                    loss = dice_bce(logits.float(), y.to(cfg.device))
+                    loss = loss_of(logits.float(), y.to(cfg.device), cfg.click_weight)
                     (loss * share).backward()
                 seen += x.shape[0]
                 loss_sum += loss.item() * share
