@@ -550,7 +550,7 @@ def test_a_sample_marks_the_error_its_newest_click_is_on(monkeypatch):
         monkeypatch.setattr(train, "simulate", lambda *args, result=(truth, view): result)
         for sample in (train.global_sample, train.local_sample):
             x, y = sample(np.random.default_rng(seed), case, build_unet(), cfg)
-            assert y.shape[0] == 2 and set(torch.unique(y[1]).tolist()) <= {0.0, 1.0}
+            assert y.shape == (2, *x.shape[1:]) and set(torch.unique(y[1]).tolist()) <= {0.0, 1.0}
             click = train.newest_click(view)
             if click is None:
                 assert not y[1].any()

@@ -48,9 +48,9 @@ from harness.official import error_click
 from training import synth
 from training.data import BUNDLED_SPLIT, LabelledData, bundled_folders, parse_weights, resume_start
 from training.interaction import (
+    clicked_error,
     jittered_box,
     lost_to_others,
-    clicked_error,
     other_click,
     others_previous,
     perturbed_mask,
