@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import edt
@@ -541,7 +542,7 @@ def test_the_click_term_counts_only_the_marked_error():
 def test_a_sample_marks_the_error_its_newest_click_is_on(monkeypatch):
     """Channel 1 of a sample's target holds the error the trained round's click marks: inside the
     truth for a positive click, outside it for a negative one; nothing without a new click."""
-    cfg = train.TrainConfig(patch=16, zoomed_patch=24, precision="fp32", max_rounds=3)
+    cfg = train.TrainConfig(patch=16, zoomed_patch=24, precision="fp32", max_rounds=3, click_weight=1.0)
     case = synth.generate(np.random.default_rng(7), "mr")
     marked_rounds = 0
     for seed in range(8):
@@ -558,5 +559,7 @@ def test_a_sample_marks_the_error_its_newest_click_is_on(monkeypatch):
                 marked_rounds += 1
                 on_truth = y[0][y[1] > 0]
                 assert (on_truth == (1.0 if view.prompts.newest_click[1] else 0.0)).float().mean() > 0.9
+            unweighted = replace(cfg, click_weight=0.0)
+            assert not sample(np.random.default_rng(seed), case, build_unet(), unweighted)[1][1].any()
         monkeypatch.undo()
     assert marked_rounds

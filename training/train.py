@@ -253,7 +253,8 @@ def global_sample(rng, case, model, cfg: TrainConfig):
     x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev_t,
                others=segmenter.others_for(view))
     y = to_patch(crop(torch.from_numpy(truth)[None].float(), roi), roi) > 0.5
-    marked = clicked_error(prev, truth, newest_click(view)) if prev is not None else np.zeros_like(truth)
+    click = newest_click(view) if cfg.click_weight and prev is not None else None  # unread at weight 0
+    marked = clicked_error(prev, truth, click) if click is not None else np.zeros_like(truth)
     w = to_patch(crop(torch.from_numpy(marked)[None].float(), roi), roi) > 0.5
     return x, torch.cat([y, w]).float()
 
@@ -277,7 +278,7 @@ def local_sample(rng, case, model, cfg: TrainConfig):
     x = encode(segmenter.image, roi, case.spacing, *segmenter.prompts_for(view), prev, prev_on_crop=True,
                others=segmenter.others_for(view))
     y = crop(torch.from_numpy(truth)[None].float(), roi)
-    click = newest_click(view)
+    click = newest_click(view) if cfg.click_weight else None  # the mark is unread at weight 0
     local = None if click is None else tuple(int(c - s) for c, s in zip(click, roi.start))
     w = torch.from_numpy(clicked_error(prev.numpy(), y[0].numpy() > 0.5, local))[None].float()
     return x, torch.cat([y, w])
