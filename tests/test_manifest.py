@@ -36,3 +36,32 @@ def test_scores_stay_with_an_unchanged_file_and_go_with_a_changed_one(weights):
     item = manifest.write()["global_expert.pt"]
     assert item["harness_scores"] is None and item["sha256"] == manifest.sha256(weights / "global_expert.pt")
     assert json.loads((weights / "MANIFEST.json").read_text())["global_expert.pt"]["harness_scores"] is None
+
+
+def _run(run_dir, init: str, steps: int, minutes: float) -> None:
+    """A run folder as train.py leaves it: the checkpoint's config and step, its history."""
+    run_dir.mkdir()
+    torch.save({"config": {"init": init, "threads": 1, "batch": 4}, "step": steps}, run_dir / "ckpt.pt")
+    lines = [{"step": s, "loss": 0.5, "samples_per_s": 1.0, "minutes": minutes * s / steps}
+             for s in range(10, steps + 1, 10)]
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_cumulative_counts_every_leg_of_a_resume_lineage(weights, tmp_path):
+    """A file exported from leg B, which started from leg A's resume file, which started from
+    the shipped file: its cumulative samples hold the shipped file's, A's and B's."""
+    _weights(weights / "global_expert.pt", 1.0)
+    shipped = manifest.write()["global_expert.pt"]
+    shipped["cumulative"] = {"samples": 1000, "cpu_hours": 2.0}
+    (weights / "MANIFEST.json").write_text(json.dumps({"global_expert.pt": shipped}))
+    _run(tmp_path / "legA", "weights/global_expert.pt", 100, 60.0)
+    _run(tmp_path / "legB", "training/resume/legA.pt", 50, 30.0)
+
+    _weights(weights / "global_expert.pt", 2.0)
+    item = manifest.write(run_dir=tmp_path / "legB", lineage=(tmp_path / "legA",))["global_expert.pt"]
+    assert item["run"]["samples_drawn"] == 200 and item["training_config"]["init"] == "training/resume/legA.pt"
+    assert item["cumulative"]["samples"] == 1000 + 400 + 200
+    assert item["cumulative"]["cpu_hours"] == 2.0 + 1.0 + 0.5
+    behind = item["cumulative"]["initialised_from"]
+    assert [leg["run"] for leg in behind["legs"]] == ["legA"]
+    assert behind["initialised_from"]["file"] == "weights/global_expert.pt"

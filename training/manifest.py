@@ -1,6 +1,11 @@
 """weights/MANIFEST.json: what every weights file is, how it was made, and what it scored.
 
     python -m training.manifest --scores reports/eval/summary.json   # rewrite after training/eval
+    python -m training.manifest --run-dir runs/legZ3 --lineage runs/legV runs/legV2 ... --scores F
+
+A file exported from a run outside runs/<expert> names it with --run-dir; one whose run started
+from a resume file rather than the file it replaces names the legs in between with --lineage,
+so the cumulative samples and CPU hours count every leg behind it.
 
 A changed (or new) file's entry is built from the file itself (sha256, size, parameters, the
 metadata the exporter stored) plus the run's checkpoint and history (wall time, throughput)
@@ -58,20 +63,22 @@ def run_summary(run_dir: Path, threads: int = 1, batch: int = 4) -> dict:
     }
 
 
-def entry(path: Path, previous: dict, init: str = "") -> dict:
+def entry(path: Path, previous: dict, init: str = "", run_dir: Path | None = None,
+          lineage: tuple[Path, ...] = ()) -> dict:
     digest = sha256(path)
     if previous.get("sha256") == digest:
         return dict(previous)
     weights = torch.load(path, map_location="cpu", weights_only=False)
     meta = weights["meta"]
     params = sum(v.numel() for v in weights["model"].values())
-    ckpt = ROOT / "runs" / meta["expert"] / "ckpt.pt"
+    run_dir = run_dir or ROOT / "runs" / meta["expert"]
+    ckpt = run_dir / "ckpt.pt"
     config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"] if ckpt.exists() else None
     if config is not None and init:
         config["init"] = config.get("init") or init
     commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "training", "app/models"],
                             check=False, capture_output=True, text=True).stdout.strip()
-    run = run_summary(ROOT / "runs" / meta["expert"], *threads_batch(config))
+    run = run_summary(run_dir, *threads_batch(config))
     return {
         "sha256": digest,
         "bytes": path.stat().st_size,
@@ -91,13 +98,23 @@ def entry(path: Path, previous: dict, init: str = "") -> dict:
         "machine": previous.get("machine") or f"{platform.machine()} {platform.processor() or ''} CPU, 2 cores".strip(),
         "training_code_commit": commit or previous.get("training_code_commit"),
         "harness_scores": None,
-        "cumulative": cumulative(previous, run, config),
+        "cumulative": cumulative(previous, run, config, [leg_summary(d) for d in lineage]),
     }
 
 
-def cumulative(previous: dict, run: dict, config: dict | None) -> dict | None:
+def leg_summary(run_dir: Path) -> dict:
+    """One leg between the replaced file and the new one: its run's samples and CPU hours."""
+    ckpt = torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)
+    run = run_summary(run_dir, *threads_batch(ckpt["config"]))
+    if not run:
+        raise SystemExit(f"{run_dir}: no history.jsonl, so its samples are unknown")
+    return {"run": run_dir.name, "steps": ckpt["step"], "init": ckpt["config"].get("init", ""),
+            "samples": run["samples_drawn"], "cpu_hours": run["cpu_hours"]}
+
+
+def cumulative(previous: dict, run: dict, config: dict | None, lineage: list[dict] = ()) -> dict | None:
     """Samples and CPU hours behind a new file: this run's, plus those of the weights it started
-    from (--init: the file this entry replaces) when it did."""
+    from (--init: the file this entry replaces, or the legs of `lineage` that led from it)."""
     if not run:
         return None
     own = {"samples": run["samples_drawn"], "cpu_hours": run["cpu_hours"]}
@@ -107,8 +124,14 @@ def cumulative(previous: dict, run: dict, config: dict | None) -> dict | None:
         "samples": previous.get("steps", 0) * threads_batch(previous.get("training_config"))[1],
         "cpu_hours": round((previous.get("run") or {}).get("logged_minutes_this_run", 0)
                            * threads_batch(previous.get("training_config"))[0] / 60, 2)}
-    return {"samples": own["samples"] + base["samples"], "cpu_hours": round(own["cpu_hours"] + base["cpu_hours"], 2),
-            "initialised_from": {"file": config["init"], "steps": previous.get("steps"), **base}}
+    replaced = {"file": lineage[0]["init"] if lineage else config["init"], "steps": previous.get("steps"), **base}
+    behind = replaced
+    if lineage:
+        behind = {"file": config["init"], "samples": base["samples"] + sum(leg["samples"] for leg in lineage),
+                  "cpu_hours": round(base["cpu_hours"] + sum(leg["cpu_hours"] for leg in lineage), 2),
+                  "legs": list(lineage), "initialised_from": replaced}
+    return {"samples": own["samples"] + behind["samples"],
+            "cpu_hours": round(own["cpu_hours"] + behind["cpu_hours"], 2), "initialised_from": behind}
 
 
 def threads_batch(config: dict | None) -> tuple[int, int]:
@@ -117,10 +140,11 @@ def threads_batch(config: dict | None) -> tuple[int, int]:
     return int(config.get("threads", 1)), int(config.get("global_batch") or config.get("batch", 4))
 
 
-def write(scores: dict | None = None, init: str = "") -> dict:
+def write(scores: dict | None = None, init: str = "", run_dir: Path | None = None,
+          lineage: tuple[Path, ...] = ()) -> dict:
     old = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     files = sorted(p for p in WEIGHTS.iterdir() if p.suffix == ".pt")
-    manifest = {p.name: entry(p, old.get(p.name, {}), init) for p in files}
+    manifest = {p.name: entry(p, old.get(p.name, {}), init, run_dir, lineage) for p in files}
     for item in manifest.values():
         if scores is not None:
             item["harness_scores"] = scores
@@ -133,7 +157,11 @@ if __name__ == "__main__":
     parser.add_argument("--scores", type=Path, help="a JSON file of harness scores to record")
     parser.add_argument("--init", default="", help="the weights the run started from, where its checkpoint "
                         "predates train.py keeping that on record")
+    parser.add_argument("--run-dir", type=Path, help="the run a changed file was exported from "
+                        "(default runs/<expert>)")
+    parser.add_argument("--lineage", type=Path, nargs="+", default=(), help="the run folders of the legs "
+                        "between the file a changed one replaces and --run-dir's start, oldest first")
     args = parser.parse_args()
     scores = {"report": str(args.scores), "scores": json.loads(args.scores.read_text())} if args.scores else None
-    manifest = write(scores, args.init)
+    manifest = write(scores, args.init, args.run_dir, tuple(args.lineage))
     print(json.dumps({k: {"sha256": v["sha256"][:12], "steps": v["steps"]} for k, v in manifest.items()}))
