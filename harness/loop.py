@@ -166,13 +166,16 @@ def iteration_input(case: LabelledCase, boxes, clicks, clicks_order, prev_pred) 
 
 
 def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: str = "",
-             log=sys.stderr, box_seed: int = BOX_SEED) -> tuple[dict, dict[int, np.ndarray]]:
+             log=sys.stderr, box_seed: int = BOX_SEED, shadow: Predictor | None = None
+             ) -> tuple[dict, dict[int, np.ndarray]]:
     """Replay the loop; returns the case record and the prediction of every iteration.
-    `box_seed`: the seed of the boxes' random widening (the organisers': 2025)."""
+    `box_seed`: the seed of the boxes' random widening (the organisers': 2025). `shadow`: a
+    second predictor given each iteration's same input, its output scored (DSC per class, in
+    the record's "shadow") but never fed back: two engines compared on one trajectory."""
     boxes = boxes_from_labels(case.gts, box_seed) if box_mode else None
     clicks = [{"fg": [], "bg": []} for _ in range(case.num_classes)]
     clicks_order: list[list] = [[] for _ in range(case.num_classes)]
-    records, preds = [], {}
+    records, preds, shadowed = [], {}, []
     segs = np.zeros(case.gts.shape, np.uint8)
     with tempfile.TemporaryDirectory(prefix="segfm-eval-") as tmp:
         for it in range(0 if box_mode else 1, CLICK_ITERATIONS + 1):
@@ -197,6 +200,13 @@ def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: st
                    **metrics.score(segs, case.gts, case.spacing)}
             records.append(rec)
             preds[it] = segs
+            if shadow is not None:
+                shadow_dir = Path(tmp, str(it), "shadow")
+                shadow_dir.mkdir()
+                shadow(in_dir, shadow_dir)
+                other, _ = read_output(shadow_dir / f"{case.name}.npz", case.gts.shape)
+                per_class = [metrics.dsc(other == c, case.gts == c) for c in np.unique(case.gts) if c]
+                shadowed.append({"iteration": it, "dsc": float(np.mean(per_class)), "dsc_per_class": per_class})
             print(f"{label or case.name} it{it} {seconds:6.1f}s DSC {rec['dsc']:.3f}"
                   + (f"  [{flag}]" if flag else "") + (f"  [salvage: {salvage}]" if salvage else ""),
                   file=log, flush=True)
@@ -206,6 +216,8 @@ def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: st
               "clicks": clicks, "clicks_order": clicks_order, "iterations": records,
               "per_class": metrics.per_class(records, case.num_classes),
               **metrics.summarise(records, case.num_classes)}
+    if shadow is not None:
+        record["shadow"] = shadowed
     return record, preds
 
 

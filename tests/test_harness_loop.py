@@ -111,3 +111,24 @@ def test_another_box_seed_draws_other_widenings_and_the_default_is_the_organiser
         record, _ = run_case(case, InProcessPredictor(lambda c, state, deadline: gts), True, **kwargs)
         boxes[seed] = record["boxes"]
     assert boxes[None] == boxes[2025] != boxes[7]
+
+
+def test_a_shadow_is_scored_on_each_iteration_s_input_and_never_fed_back():
+    """harness.paired's basis: the shadow sees the trajectory's inputs; the trajectory is its own."""
+    case = synthetic()
+    seen = []
+
+    def half_oracle(c, state, deadline):  # right on class 1 only: its clicks then all go to class 2
+        return np.where(case.gts == 1, 1, 0).astype(np.uint8)
+
+    def shadow(c, state, deadline):
+        seen.append(None if c.prev_pred is None else c.prev_pred.copy())
+        return case.gts.copy()
+
+    alone, _ = run_case(case, InProcessPredictor(half_oracle), True)
+    record, preds = run_case(case, InProcessPredictor(half_oracle), True, shadow=InProcessPredictor(shadow))
+    timed = zip(alone["iterations"], record["iterations"])
+    assert record["iterations"] == [{**r, "seconds": s["seconds"]} for r, s in timed]  # the same trajectory
+    assert [s["iteration"] for s in record["shadow"]] == list(range(6))
+    assert all(s["dsc"] == 1.0 and s["dsc_per_class"] == [1.0, 1.0] for s in record["shadow"])
+    assert seen[0] is None and all(np.array_equal(p, preds[k]) for k, p in enumerate(seen[1:]))
