@@ -203,10 +203,15 @@ def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: st
             if shadow is not None:
                 shadow_dir = Path(tmp, str(it), "shadow")
                 shadow_dir.mkdir()
-                shadow(in_dir, shadow_dir)
-                other, _ = read_output(shadow_dir / f"{case.name}.npz", case.gts.shape)
+                shadow_error = None
+                try:
+                    shadow(in_dir, shadow_dir)
+                except Exception as exc:  # noqa: BLE001 (scored as background, like the main run)
+                    shadow_error = str(exc)
+                other, shadow_flag = read_output(shadow_dir / f"{case.name}.npz", case.gts.shape)
                 per_class = [metrics.dsc(other == c, case.gts == c) for c in np.unique(case.gts) if c]
-                shadowed.append({"iteration": it, "dsc": float(np.mean(per_class)), "dsc_per_class": per_class})
+                shadowed.append({"iteration": it, "dsc": float(np.mean(per_class)), "dsc_per_class": per_class,
+                                 "flag": "; ".join(f for f in (shadow_error, shadow_flag) if f) or None})
             print(f"{label or case.name} it{it} {seconds:6.1f}s DSC {rec['dsc']:.3f}"
                   + (f"  [{flag}]" if flag else "") + (f"  [salvage: {salvage}]" if salvage else ""),
                   file=log, flush=True)

@@ -132,3 +132,12 @@ def test_a_shadow_is_scored_on_each_iteration_s_input_and_never_fed_back():
     assert [s["iteration"] for s in record["shadow"]] == list(range(6))
     assert all(s["dsc"] == 1.0 and s["dsc_per_class"] == [1.0, 1.0] for s in record["shadow"])
     assert seen[0] is None and all(np.array_equal(p, preds[k]) for k, p in enumerate(seen[1:]))
+    assert all(s["flag"] is None for s in record["shadow"])
+
+    def crash(c, state, deadline):
+        raise RuntimeError("shadow broke")
+
+    record, _ = run_case(case, InProcessPredictor(half_oracle), True, shadow=InProcessPredictor(crash))
+    timed = zip(alone["iterations"], record["iterations"])
+    assert record["iterations"] == [{**r, "seconds": s["seconds"]} for r, s in timed]  # the crash costs only its own
+    assert all(s["dsc"] == 0.0 and "shadow broke" in s["flag"] for s in record["shadow"])
