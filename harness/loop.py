@@ -186,16 +186,8 @@ def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: st
             out_dir.mkdir()
             arrays = iteration_input(case, boxes, clicks if it else None, clicks_order, segs)
             np.savez_compressed(in_dir / f"{case.name}.npz", **arrays)
-            start = time.perf_counter()
-            notes, error = None, None
-            try:
-                notes = predictor(in_dir, out_dir)
-            except Exception as exc:  # noqa: BLE001 (recorded, like a crashed container)
-                error = str(exc)
-            seconds = time.perf_counter() - start
+            segs, flag, notes, seconds = run_predictor(predictor, in_dir, out_dir, case)
             salvage = notes.get("salvage") if isinstance(notes, dict) else None
-            segs, flag = read_output(out_dir / f"{case.name}.npz", case.gts.shape)
-            flag = "; ".join(f for f in (error, flag) if f) or None
             rec = {"iteration": it, "seconds": seconds, "flag": flag, "salvage": salvage,
                    **metrics.score(segs, case.gts, case.spacing)}
             records.append(rec)
@@ -203,15 +195,8 @@ def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: st
             if shadow is not None:
                 shadow_dir = Path(tmp, str(it), "shadow")
                 shadow_dir.mkdir()
-                shadow_error = None
-                try:
-                    shadow(in_dir, shadow_dir)
-                except Exception as exc:  # noqa: BLE001 (scored as background, like the main run)
-                    shadow_error = str(exc)
-                other, shadow_flag = read_output(shadow_dir / f"{case.name}.npz", case.gts.shape)
-                per_class = [metrics.dsc(other == c, case.gts == c) for c in np.unique(case.gts) if c]
-                shadowed.append({"iteration": it, "dsc": float(np.mean(per_class)), "dsc_per_class": per_class,
-                                 "flag": "; ".join(f for f in (shadow_error, shadow_flag) if f) or None})
+                other, shadow_flag, _, _ = run_predictor(shadow, in_dir, shadow_dir, case)
+                shadowed.append({"iteration": it, "flag": shadow_flag, **metrics.dsc_scores(other, case.gts)})
             print(f"{label or case.name} it{it} {seconds:6.1f}s DSC {rec['dsc']:.3f}"
                   + (f"  [{flag}]" if flag else "") + (f"  [salvage: {salvage}]" if salvage else ""),
                   file=log, flush=True)
@@ -224,6 +209,21 @@ def run_case(case: LabelledCase, predictor: Predictor, box_mode: bool, label: st
     if shadow is not None:
         record["shadow"] = shadowed
     return record, preds
+
+
+def run_predictor(predictor: Predictor, in_dir: Path, out_dir: Path, case: LabelledCase
+                  ) -> tuple[np.ndarray, str | None, dict | None, float]:
+    """One run: its segmentation (all background when missing, malformed or crashed), the flag
+    saying why, the predictor's notes and the seconds the predictor took."""
+    start = time.perf_counter()
+    notes, error = None, None
+    try:
+        notes = predictor(in_dir, out_dir)
+    except Exception as exc:  # noqa: BLE001 (recorded, like a crashed container)
+        error = str(exc)
+    seconds = time.perf_counter() - start
+    segs, flag = read_output(out_dir / f"{case.name}.npz", case.gts.shape)
+    return segs, "; ".join(f for f in (error, flag) if f) or None, notes, seconds
 
 
 class InProcessPredictor:

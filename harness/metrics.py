@@ -53,13 +53,22 @@ def nsd(pred: np.ndarray, truth: np.ndarray, sampling, tolerance: float = NSD_TO
     return hits / (int(surf_p.sum()) + int(surf_t.sum()))
 
 
+def dsc_scores(segs: np.ndarray, gts: np.ndarray) -> dict:
+    """Per-class DSC over the ground truth's labels, and their mean."""
+    dscs = [dsc(segs == label, gts == label) for label in truth_labels(gts)]
+    return {"dsc": float(np.mean(dscs)), "dsc_per_class": dscs}
+
+
+def truth_labels(gts: np.ndarray) -> list[int]:
+    return [int(v) for v in np.unique(gts) if v != 0]
+
+
 def score(segs: np.ndarray, gts: np.ndarray, spacing_xyz) -> dict:
     """Per-class and mean DSC, official NSD (quirk) and corrected NSD for one prediction."""
     spacing_xyz = np.asarray(spacing_xyz, dtype=float)
-    labels = [int(v) for v in np.unique(gts) if v != 0]
-    dscs = [dsc(segs == label, gts == label) for label in labels]
-    mean_dsc = float(np.mean(dscs))
-    out = {"dsc": mean_dsc, "dsc_per_class": dscs}
+    labels = truth_labels(gts)
+    out = dsc_scores(segs, gts)
+    mean_dsc = out["dsc"]
     for key, sampling in (("nsd", spacing_xyz), ("nsd_corrected", spacing_xyz[::-1])):
         if mean_dsc <= NSD_MIN_DSC:
             values = [0.0] * len(labels)
