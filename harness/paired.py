@@ -4,6 +4,8 @@ the reference weights, and at every iteration the candidate's engine given that 
 
     python -m harness.paired --candidate runs/s7/Z4                       # against weights/
     python -m harness.paired --data reports/valset --reference DIR --candidate DIR --cases A B
+    python -m harness.paired --candidate DIR --box-seed 7                  # another widening draw
+    python -m harness.paired --candidate DIR --brains aseg --seeds 0 8     # harness.brains' cases
 
 Why: two weights files each replayed on their own part ways at the first click that differs
 (another class's error becomes the largest, so a click of the other sign follows), and the
@@ -25,18 +27,32 @@ import numpy as np
 
 from app import engine
 from app.experts import load_experts
+from harness import brains, loop
 from harness import eval as harness_eval
-from harness import loop
 
 
-def paired_case(case: loop.LabelledCase, box_mode: bool, reference, candidate) -> dict:
+def paired_case(case: loop.LabelledCase, box_mode: bool, reference, candidate, box_seed: int = loop.BOX_SEED
+                ) -> dict:
     """Mean DSC per iteration of the reference's replay and of the candidate on its inputs."""
     ref = loop.InProcessPredictor(partial(engine.run, experts=reference))
     cand = loop.InProcessPredictor(partial(engine.run, experts=candidate))
     with open(os.devnull, "w") as quiet:
-        record, _ = loop.run_case(case, ref, box_mode, log=quiet, shadow=cand)
+        record, _ = loop.run_case(case, ref, box_mode, log=quiet, box_seed=box_seed, shadow=cand)
     return {"case": case.name, "reference": [it["dsc"] for it in record["iterations"]],
             "candidate": [it["dsc"] for it in record["shadow"]]}
+
+
+def cases(args):
+    """(case, box mode) pairs: --data's cases in their declared modes, or --brains' in box mode."""
+    if args.brains == "icbm":
+        yield brains.icbm_aseg(), True
+    elif args.brains:
+        for seed in range(*args.seeds):
+            yield brains.brain(seed, args.brains), True
+    else:
+        tasks = loop.load_tasks(args.data)
+        for path in harness_eval.find_cases([args.data], args.cases):
+            yield loop.load_labelled(path), loop.default_box_mode(path.stem, tasks)
 
 
 def main(argv=None) -> None:
@@ -45,17 +61,21 @@ def main(argv=None) -> None:
     parser.add_argument("--reference", type=Path, default=loop.REPO / "weights")
     parser.add_argument("--candidate", type=Path, required=True)
     parser.add_argument("--cases", nargs="+", help="case names (default: every case in --data)")
+    parser.add_argument("--box-seed", type=int, default=loop.BOX_SEED,
+                        help="seed of the boxes' random widening (the organisers' is 2025)")
+    parser.add_argument("--brains", choices=sorted(brains.LABELLINGS) + ["icbm"],
+                        help="harness.brains' cases (box mode) instead of --data")
+    parser.add_argument("--seeds", nargs=2, type=int, default=[0, 8], metavar=("FIRST", "END"),
+                        help="with --brains: the brains' seeds")
     args = parser.parse_args(argv)
     experts = {}
     for role in ("reference", "candidate"):
         experts[role] = load_experts(getattr(args, role))
         if experts[role][0] is None:
             raise SystemExit(f"{getattr(args, role)}: no global_expert.pt")
-    tasks = loop.load_tasks(args.data)
     rows = []
-    for path in harness_eval.find_cases([args.data], args.cases):
-        case = loop.load_labelled(path)
-        row = paired_case(case, loop.default_box_mode(case.name, tasks), experts["reference"], experts["candidate"])
+    for case, box_mode in cases(args):
+        row = paired_case(case, box_mode, experts["reference"], experts["candidate"], args.box_seed)
         diff = np.mean(row["candidate"]) - np.mean(row["reference"])
         print(f"{case.name}: mean DSC reference {np.mean(row['reference']):.4f} candidate "
               f"{np.mean(row['candidate']):.4f} ({diff:+.4f})", flush=True)

@@ -141,3 +141,24 @@ def test_a_shadow_is_scored_on_each_iteration_s_input_and_never_fed_back():
     timed = zip(alone["iterations"], record["iterations"])
     assert record["iterations"] == [{**r, "seconds": s["seconds"]} for r, s in timed]  # the crash costs only its own
     assert all(s["dsc"] == 0.0 and "shadow broke" in s["flag"] for s in record["shadow"])
+
+
+def test_paired_takes_a_data_folder_in_declared_modes_or_the_brains_in_box_mode(tmp_path):
+    """harness.paired's cases: a folder's tasks.json decides each case's mode (a Microscopy name
+    alone would run without boxes); --brains builds harness.brains' cases, always with boxes."""
+    from argparse import Namespace
+
+    from harness import paired
+
+    case = synthetic()
+    for name in ("Microscopy_declared_box", "MR_undeclared"):
+        np.savez_compressed(tmp_path / f"{name}.npz", imgs=case.imgs, gts=case.gts, spacing=case.spacing)
+    (tmp_path / "tasks.json").write_text('{"cases": {"Microscopy_declared_box": {"box": true}}}')
+    folder = Namespace(brains=None, data=tmp_path, cases=None)
+    assert [(c.name, box) for c, box in paired.cases(folder)] == [("MR_undeclared", True),
+                                                                  ("Microscopy_declared_box", True)]
+    (tmp_path / "tasks.json").unlink()
+    assert {c.name: box for c, box in paired.cases(folder)}["Microscopy_declared_box"] is False
+    brains = [(c.name, box) for c, box in paired.cases(Namespace(brains="aseg", seeds=[2, 4]))]
+    assert brains == [("MR_brain2_aseg", True), ("MR_brain3_aseg", True)]
+    assert [c.name for c, _ in paired.cases(Namespace(brains="icbm", seeds=[0, 8]))] == ["MR_ICBM152_aseg"]
