@@ -62,6 +62,13 @@ brains: setup
 native: setup
 	$(PY) -m harness.native
 
+# The export decision: CANDIDATE (a weights folder) against weights/ on the export rule's measures,
+# cached in reports/compare/; needs the valset (make valset). See harness/compare.py.
+.PHONY: compare
+compare: setup
+	@test -n "$(CANDIDATE)" || { echo "usage: make compare CANDIDATE=DIR" >&2; exit 2; }
+	$(PY) -m harness.compare --candidate $(CANDIDATE)
+
 # Delivery image, on a machine with Docker and docker-squash (pip install docker-squash==1.2.2).
 # Not runnable on the CI machine (no Docker engine): there, `make container-test` builds and
 # runs the same Dockerfile with buildah/podman on a stand-in base.
