@@ -9,10 +9,11 @@ parcels are what engine rules were tuned on. These cases are training.synth.brai
 T2 means, about 1.3 mm, skull kept or stripped) at seeds 4,000,000 + i, far from the training
 streams, which draw such scenes from generator v8 on: in distribution for the network, new
 anatomy for the engine's rules. Even seeds are lobes, odd seeds cortex parcels. `--tissues` and
-`--aseg` label other brains by tissue, or by tissue and place (aseg_labels); the network never
-trained on those labellings. `--icbm` is the one real brain among them: the ICBM152 template
-(tests/data, real T1 at 2 mm) labelled by tissue and hemisphere (icbm_aseg), whose grey and
-white matter stand 3 SDs apart where the procedural brains' often stand 1 to 2 apart.
+`--aseg` label other brains by tissue, or by tissue and place (synth.aseg_labels); the network
+trains on tissue labellings, and on aseg ones from generator v10 on (at other seeds). `--icbm`
+is the one real brain among them: the ICBM152 template (tests/data, real T1 at 2 mm) labelled
+by tissue and hemisphere (icbm_aseg), whose grey and white matter stand 3 SDs apart where the
+procedural brains' often stand 1 to 2 apart.
 """
 
 from __future__ import annotations
@@ -31,23 +32,17 @@ SHAPE, SPACING = (96, 128, 112), np.array([1.5, 1.3, 1.3])  # (z, y, x) voxels a
 
 
 LABELLINGS = {"parcels": 0, "tissues": 100, "aseg": 200}  # each draws at SEED_BASE + its offset + seed
-# the aseg labelling's deep nuclei: offset from the brain's centre and radii, mm (z, y, x; x
-# mirrored per side); the last is a pallidum-like nucleus at white matter's level
-NUCLEI_MM = (((0, 0, 14), (10, 8, 5)), ((0, 12, 18), (12, 6, 5)), ((-12, 4, 22), (8, 10, 5)),
-             ((6, -10, 16), (8, 6, 6)))
 
 
 def brain(seed: int, labelling: str = "parcels") -> LabelledCase:
     """Labels 1..K. "parcels": lobes (even seeds) or the white matter and cortex parcels (odd
-    seeds); "tissues": CSF, grey and white matter (1, 2, 3); "aseg" (aseg_labels): 8 deep
+    seeds); "tissues": CSF, grey and white matter (1, 2, 3); "aseg" (synth.aseg_labels): 8 deep
     nuclei, the left and right cortex, the left and right white matter, and the CSF in the brain."""
     from training import synth  # torch: imported only when procedural cases are built
 
     rng = np.random.default_rng(SEED_BASE + LABELLINGS[labelling] + seed)
-    scene = {"parcels": "lobes" if seed % 2 == 0 else "cortex", "tissues": "tissues", "aseg": "whole"}[labelling]
+    scene = {"parcels": "lobes" if seed % 2 == 0 else "cortex", "tissues": "tissues", "aseg": "aseg"}[labelling]
     labels, tissue = synth.brain_scene(rng, SHAPE, SPACING, scene, clefts=False)
-    if labelling == "aseg":
-        labels, tissue = aseg_labels(rng, tissue)
     image = synth.render(rng, tissue, tissue > 0, SPACING, "mr", means=synth.brain_means(rng, "mr"))
     name = scene if labelling == "parcels" else labelling
     return LabelledCase(f"MR_brain{seed}_{name}", image, labels, SPACING[::-1].copy(), texts(scene, int(labels.max())))
@@ -74,7 +69,7 @@ def icbm_aseg() -> LabelledCase:
     return LabelledCase("MR_ICBM152_aseg", template.imgs, labels, template.spacing, texts)
 
 
-NUCLEI_NAMES = ("thalamus", "caudate", "putamen", "pallidum")  # NUCLEI_MM's, in order
+NUCLEI_NAMES = ("thalamus", "caudate", "putamen", "pallidum")  # synth.NUCLEI_MM's, in order
 ASEG_NAMES = (*(f"{side} {n}" for side in ("Right", "Left") for n in NUCLEI_NAMES), "Left cerebral cortex",
               "Right cerebral cortex", "Left cerebral white matter", "Right cerebral white matter",
               "Cerebrospinal fluid")  # aseg_labels' classes, in order
@@ -86,38 +81,8 @@ def texts(scene: str, classes: int) -> dict[int, str]:
     names = {"lobes": [f"Brain lobe {k}" for k in range(1, classes + 1)],
              "cortex": ["Cerebral white matter", *(f"Cortical parcel {k}" for k in range(1, classes))],
              "tissues": ["Cerebrospinal fluid", "Gray matter", "White matter"],
-             "whole": list(ASEG_NAMES)}[scene]
+             "aseg": list(ASEG_NAMES)}[scene]
     return {k: f"{name} in brain MRI" for k, name in enumerate(names, 1)} if len(names) == classes else {}
-
-
-def aseg_labels(rng, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels the way FreeSurfer's aseg does, 13 classes: 8 deep nuclei (grey matter's level, one
-    per side at white matter's), then the cortex left and right, the white matter left and
-    right, and the CSF within the brain; returns the labels and the tissue with the nuclei.
-
-    Why: an MR brain parcellated into 10 to 20 regions may be cut by tissue as well as by place.
-    Then a hemisphere's cortex and white matter share about one box (twins), its white matter's
-    box holds the nuclei's (a container), and the CSF's box holds them all: rules the lobe and
-    cortex parcels never meet."""
-    from training import synth
-
-    brain_mask = tissue >= synth.CSF
-    centre = np.array(SHAPE) * SPACING / 2
-    labels, tissue = np.zeros(SHAPE, np.uint8), tissue.copy()
-    for side in (-1, 1):
-        for j, (offset, radii) in enumerate(NUCLEI_MM):
-            at = centre + np.array(offset) * np.array([1, 1, side]) + rng.normal(0, 1.5, 3)
-            nucleus = synth.blob(rng, SHAPE, SPACING, at, np.array(radii, float) * rng.uniform(0.8, 1.2), 0.3)
-            nucleus &= (labels == 0) & brain_mask
-            labels[nucleus] = labels.max() + 1
-            tissue[nucleus] = synth.WHITE if j == len(NUCLEI_MM) - 1 else synth.GREY
-    free = (labels == 0) & brain_mask
-    left = np.zeros(SHAPE, bool)
-    left[:, :, SHAPE[2] // 2:] = True
-    parts = [(tissue == t) & half for t in (synth.GREY, synth.WHITE) for half in (left, ~left)]
-    for part in (*parts, tissue == synth.CSF):
-        labels[free & part] = labels.max() + 1
-    return labels, tissue
 
 
 def main(argv=None) -> None:
@@ -128,7 +93,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tissues", action="store_const", const="tissues", dest="labelling", default="parcels",
                         help="brains labelled by tissue (three twins)")
     parser.add_argument("--aseg", action="store_const", const="aseg", dest="labelling",
-                        help="brains labelled like FreeSurfer's aseg (aseg_labels: nuclei, cortex, white matter, CSF)")
+                        help="brains labelled like FreeSurfer's aseg (synth.aseg_labels: nuclei, cortex, "
+                        "white matter, CSF)")
     parser.add_argument("--icbm", action="store_const", const="icbm", dest="labelling",
                         help="the ICBM152 template (real T1) labelled by tissue and hemisphere (icbm_aseg); no seeds")
     args = parser.parse_args(argv)

@@ -116,6 +116,26 @@ def test_brain_scene_parcels_mix_a_folded_grey_ribbon_with_white_matter():
         assert all(set(np.unique(tissue[labels == k])) == {synth.GREY} for k in range(2, labels.max() + 1))
 
 
+def test_aseg_brains_scale_their_nuclei_to_the_head_and_are_drawn_for_training():
+    """Generator v10: the aseg labelling (nuclei, cortex and white matter per side, CSF) on a
+    training grid half the size of harness.brains' head keeps its nuclei inside the brain (offsets
+    scaled per axis), deep nuclei at grey matter's level and the last pair at white matter's; and
+    brain scenes without a given labelling draw it."""
+    spacing = np.array([1.5, 1.3, 1.3])
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        labels, tissue = synth.brain_scene(rng, (48, 64, 56), spacing, "aseg")
+        assert labels.max() == 13
+        assert all(set(np.unique(tissue[labels == k])) == {synth.GREY} for k in (1, 2, 3, 5, 6, 7))
+        assert all(set(np.unique(tissue[labels == k])) == {synth.WHITE} for k in (4, 8, 11, 12))
+        assert set(np.unique(tissue[labels == 13])) == {synth.CSF}
+        nuclei_x = [np.argwhere(labels == k)[:, 2].mean() for k in (1, 5)]  # each side's thalamus
+        assert nuclei_x[0] < 28 < nuclei_x[1]
+    rng = np.random.default_rng(5)
+    drawn = [synth.brain_scene(rng, (24, 32, 28), np.full(3, 5.0))[0].max() for _ in range(12)]
+    assert 13 in drawn
+
+
 def test_a_coarse_brain_keeps_grey_matter_between_its_sulci_and_the_white_matter():
     """On a 3 mm grid the grey ribbon is at least 1.5 voxels deep (generator v9): no white-matter
     voxel shares a face or an edge with the CSF of a sulcus or of the brain's surface, so partial

@@ -17,7 +17,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-GENERATOR_VERSION = 9  # v9: brain sulci at least 1.5 voxels wide, the grey ribbon at least 1.5 voxels deep
+GENERATOR_VERSION = 10  # v10: a quarter of the brain scenes labelled like aseg (nuclei, cortex, white matter, CSF)
+# v9: brain sulci at least 1.5 voxels wide, the grey ribbon at least 1.5 voxels deep
 # v8: brain scenes (folded grey ribbon over white matter, CSF sulci, atlas-like parcels)
 # v7: half the scenes on a finer grid (up to 2x the voxels per mm in-plane, 256 voxels)
 # v6: trunk CT scenes (a body filling the scan, lungs, ribs and spine, gas, abdominal organs)
@@ -159,14 +160,22 @@ def head_scene(rng, shape, spacing):
 SCALP, SKULL, CSF, GREY, WHITE = range(1, 6)
 
 
-BRAIN_LABELLINGS = ("lobes", "cortex", "tissues", "whole")
+BRAIN_LABELLINGS = ("lobes", "cortex", "tissues", "whole", "aseg")
+BRAIN_LABELLING_P = (0.35, 0.2, 0.1, 0.1, 0.25)
+# the aseg labelling's deep nuclei (thalamus, caudate, putamen, pallidum): offset from the
+# volume's centre and radii, mm (z, y, x; x mirrored per side) in a head of ASEG_EXTENT mm, scaled
+# per axis to other heads; the last is a pallidum-like nucleus at white matter's level
+NUCLEI_MM = (((0, 0, 14), (10, 8, 5)), ((0, 12, 18), (12, 6, 5)), ((-12, 4, 22), (8, 10, 5)),
+             ((6, -10, 16), (8, 6, 6)))
+ASEG_EXTENT = np.array([96 * 1.5, 128 * 1.3, 112 * 1.3])  # harness.brains' grid: a 144 x 166 x 146 mm head
 
 
 def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool | None = None):
     """A brain of grey and white matter under a skull, parcellated the way atlases are: lobes
     that hold a folded grey ribbon over white matter with dark CSF in the sulci, cortex parcels
-    with the white matter as one class, the three tissues, or the whole brain; in 30 %
-    skull-stripped. `labelling` (BRAIN_LABELLINGS) is drawn 45 / 25 / 15 / 15 % unless given;
+    with the white matter as one class, the three tissues, the whole brain, or by tissue and
+    place like FreeSurfer's aseg (aseg_labels); in 30 % skull-stripped. `labelling`
+    (BRAIN_LABELLINGS) is drawn by BRAIN_LABELLING_P unless given;
     `clefts` (sulci where parcels meet, _clefts_between) in half the parcellations unless given.
     Why: the independent set's MR brains are parcellated into 10-20 regions, and the head
     scene's parcels were one flat intensity, where real regions hold several tissues. Returns
@@ -181,7 +190,7 @@ def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool 
     parenchyma = brain & (tissue >= GREY)
     labels = np.zeros(shape, np.uint8)
     if labelling is None:
-        labelling = BRAIN_LABELLINGS[int(rng.choice(4, p=[0.45, 0.25, 0.15, 0.15]))]
+        labelling = BRAIN_LABELLINGS[int(rng.choice(len(BRAIN_LABELLINGS), p=BRAIN_LABELLING_P))]
     if labelling in ("lobes", "cortex"):
         if labelling == "cortex":  # cortex parcels over one white-matter class
             labels[tissue == WHITE] = 1
@@ -193,8 +202,40 @@ def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool 
     elif labelling == "tissues":
         for t in (CSF, GREY, WHITE):
             labels[brain & (tissue == t)] = t
+    elif labelling == "aseg":
+        return aseg_labels(rng, tissue, spacing)
     else:
         labels[brain] = 1
+    return _relabel(labels), tissue
+
+
+def aseg_labels(rng, tissue: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Labels the way FreeSurfer's aseg does, 13 classes: 8 deep nuclei (grey matter's level, one
+    per side at white matter's), then the cortex left and right, the white matter left and
+    right, and the CSF within the brain; returns the labels and the tissue with the nuclei.
+
+    Why: an MR brain parcellated into 10 to 20 regions may be cut by tissue as well as by place.
+    Then a hemisphere's cortex and white matter share about one box (twins), its white matter's
+    box holds the nuclei's (a container), and the CSF's box holds them all: rules the lobe and
+    cortex parcels never meet. A class a truncated or small head leaves empty is dropped."""
+    shape = tissue.shape
+    brain_mask = tissue >= CSF
+    extent = np.asarray(shape) * spacing
+    centre, scale = extent / 2, extent / ASEG_EXTENT
+    labels, tissue = np.zeros(shape, np.uint8), tissue.copy()
+    for side in (-1, 1):
+        for j, (offset, radii) in enumerate(NUCLEI_MM):
+            at = centre + np.array(offset) * scale * np.array([1, 1, side]) + rng.normal(0, 1.5, 3)
+            nucleus = blob(rng, shape, spacing, at, np.array(radii, float) * scale * rng.uniform(0.8, 1.2), 0.3)
+            nucleus &= (labels == 0) & brain_mask
+            labels[nucleus] = labels.max() + 1
+            tissue[nucleus] = WHITE if j == len(NUCLEI_MM) - 1 else GREY
+    free = (labels == 0) & brain_mask
+    left = np.zeros(shape, bool)
+    left[:, :, shape[2] // 2:] = True
+    parts = [(tissue == t) & half for t in (GREY, WHITE) for half in (left, ~left)]
+    for part in (*parts, tissue == CSF):
+        labels[free & part] = labels.max() + 1
     return _relabel(labels), tissue
 
 
