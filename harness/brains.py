@@ -3,6 +3,7 @@ regions): lobes that mix grey and white matter, and cortex parcels over one whit
 through the official loop with the engine in-process.
 
     python -m harness.brains [--seeds 0 4] [--detail] [--predictor classical] [--tissues | --aseg | --icbm]
+    python -m harness.brains --aseg --finer 1.5          # about 1 mm, rendered there
 
 Why: the validation set's parcels come from one template (ICBM152), whose lobar and cortex
 parcels are what engine rules were tuned on. These cases are training.synth.brain_scene (T1 or
@@ -34,18 +35,24 @@ SHAPE, SPACING = (96, 128, 112), np.array([1.5, 1.3, 1.3])  # (z, y, x) voxels a
 LABELLINGS = {"parcels": 0, "tissues": 100, "aseg": 200}  # each draws at SEED_BASE + its offset + seed
 
 
-def brain(seed: int, labelling: str = "parcels") -> LabelledCase:
+def brain(seed: int, labelling: str = "parcels", finer: float = 1.0) -> LabelledCase:
     """Labels 1..K. "parcels": lobes (even seeds) or the white matter and cortex parcels (odd
     seeds); "tissues": CSF, grey and white matter (1, 2, 3); "aseg" (synth.aseg_labels): 8 deep
-    nuclei, the left and right cortex, the left and right white matter, and the CSF in the brain."""
+    nuclei, the left and right cortex, the left and right white matter, and the CSF in the brain.
+    `finer`: the same head on a grid `finer` times as fine per axis, rendered there (its noise
+    per fine voxel, as a scanner's; another brain, as the generator draws on the grid)."""
     from training import synth  # torch: imported only when procedural cases are built
 
     rng = np.random.default_rng(SEED_BASE + LABELLINGS[labelling] + seed)
+    shape, spacing = SHAPE, SPACING
+    if finer != 1.0:
+        shape = tuple(round(n * finer) for n in SHAPE)
+        spacing = SPACING * np.array(SHAPE) / np.array(shape)
     scene = {"parcels": "lobes" if seed % 2 == 0 else "cortex", "tissues": "tissues", "aseg": "aseg"}[labelling]
-    labels, tissue = synth.brain_scene(rng, SHAPE, SPACING, scene, clefts=False)
-    image = synth.render(rng, tissue, tissue > 0, SPACING, "mr", means=synth.brain_means(rng, "mr"))
-    name = scene if labelling == "parcels" else labelling
-    return LabelledCase(f"MR_brain{seed}_{name}", image, labels, SPACING[::-1].copy(), texts(scene, int(labels.max())))
+    labels, tissue = synth.brain_scene(rng, shape, spacing, scene, clefts=False)
+    image = synth.render(rng, tissue, tissue > 0, spacing, "mr", means=synth.brain_means(rng, "mr"))
+    name = (scene if labelling == "parcels" else labelling) + ("" if finer == 1.0 else f"_finer{finer:g}")
+    return LabelledCase(f"MR_brain{seed}_{name}", image, labels, spacing[::-1].copy(), texts(scene, int(labels.max())))
 
 
 ICBM_TISSUES = REPO / "tests/data/labelled/MR_ICBM152_tissue.npz"  # labels 1 grey, 2 white matter, 3 CSF
@@ -97,8 +104,12 @@ def main(argv=None) -> None:
                         "white matter, CSF)")
     parser.add_argument("--icbm", action="store_const", const="icbm", dest="labelling",
                         help="the ICBM152 template (real T1) labelled by tissue and hemisphere (icbm_aseg); no seeds")
+    parser.add_argument("--finer", type=float, default=1.0,
+                        help="brains on a grid this many times finer per axis (1.5: about 1 mm, the "
+                        "independent set's MR brains), rendered there")
     args = parser.parse_args(argv)
-    cases = [icbm_aseg()] if args.labelling == "icbm" else (brain(seed, args.labelling) for seed in range(*args.seeds))
+    cases = ([icbm_aseg()] if args.labelling == "icbm"
+             else (brain(seed, args.labelling, args.finer) for seed in range(*args.seeds)))
     print_box_scores(cases, detail=args.detail, predict=BASELINES.get(args.predictor))
 
 

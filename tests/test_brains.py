@@ -1,6 +1,8 @@
 """The procedural brains of harness.brains: touching parcels whose boxes overlap, as the engine's
 parcel rules (ClassView.parcel) expect, labelled on the brain alone."""
 
+import numpy as np
+
 from app.tissue import CSF, GREY, WHITE, tissue_of
 from harness.brains import brain, icbm_aseg
 from tests.npzcase import organiser_views
@@ -47,3 +49,13 @@ def test_the_real_template_labelled_by_tissue_and_hemisphere_relates_its_csf_to_
     assert len(views[0].twins) == 1 and len(views[2].twins) == 1  # a hemisphere's cortex and white matter
     assert not views[4].twins and len(views[4].alike) == 4  # the CSF around both hemispheres
     assert [tissue_of(case.texts[k]) for k in range(1, 6)] == [GREY, GREY, WHITE, WHITE, CSF]
+
+
+def test_a_finer_brain_is_a_head_of_the_same_size_on_a_finer_grid_with_its_own_noise():
+    """--finer: about 1 mm, as the independent set's MR brains; rendered on that grid, not
+    upsampled (an upsampled image's smoothed noise misled a click-rule study, harness/EXPERIMENTS.md)."""
+    coarse, fine = brain(0, "tissues"), brain(0, "tissues", finer=1.5)
+    assert fine.name == "MR_brain0_tissues_finer1.5" and fine.gts.shape == (144, 192, 168)
+    extent = [np.array(case.gts.shape[::-1]) * case.spacing for case in (fine, coarse)]  # mm, (x, y, z)
+    assert np.allclose(*extent)
+    assert fine.num_classes == 3 and brain(0, "tissues", finer=1.0).name == coarse.name
