@@ -9,7 +9,9 @@ Why: each leg's rule used to be a set of shell commands in a git-ignored folder,
 reference's numbers copied from older sessions, measured with older engines. Here every measure
 of both folders is computed by this engine and cached under reports/compare/<engine>/<weights>/
 (<engine>: a hash of app/'s source, <weights>: of the *_expert.pt files), so two processes can
-share the measures and the reference is measured once per engine and machine.
+share the measures and the reference is measured once per engine and machine. The cases' own
+code (harness.brains, harness.valset, the generator, the loop) is not in the key: after changing
+what a measure's cases are, delete reports/compare.
 
 Measures (DSC_AUC means over cases, the official loop, engine in-process, box mode unless the
 valset's tasks.json declares otherwise):
