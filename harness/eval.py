@@ -50,6 +50,16 @@ def find_cases(dirs: list[Path], names: list[str] | None) -> list[Path]:
     return [found[n] for n in sorted(found)]
 
 
+def declared_cases(data: Path, names: list[str] | None = None, box: bool | None = None):
+    """(case, box mode) of a data folder's cases in their declared modes (tasks.json, else by
+    name), loaded one at a time; `box`: only the cases of that mode (harness.paired, harness.compare)."""
+    tasks = loop.load_tasks(data)
+    for path in find_cases([data], names):
+        mode = loop.default_box_mode(path.stem, tasks)
+        if box is None or mode == box:
+            yield loop.load_labelled(path), mode
+
+
 def jobs_for(cases: list[Path], predictors: list[str], no_box: bool, both: bool) -> list[tuple]:
     """(case path, box mode, predictor) in a fixed order, so shards are stable."""
     jobs = []

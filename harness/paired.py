@@ -50,9 +50,7 @@ def cases(args):
         for seed in range(*args.seeds):
             yield brains.brain(seed, args.brains), True
     else:
-        tasks = loop.load_tasks(args.data)
-        for path in harness_eval.find_cases([args.data], args.cases):
-            yield loop.load_labelled(path), loop.default_box_mode(path.stem, tasks)
+        yield from harness_eval.declared_cases(args.data, args.cases)
 
 
 def main(argv=None) -> None:

@@ -23,11 +23,15 @@ def test_the_rule_weighs_the_box_seeds_together_and_each_brain_measure_has_a_flo
     assert held({"valset-nobox": 2.791})[2] is True and held({"valset-nobox": 2.789})[2] is False
     assert held({"brains": 2.55, "aseg": 2.91})[3] is True
     assert held({"brains": 2.60, "aseg": 2.87})[3] is False  # mean +0.015, but aseg 0.03 below
-    assert held({"icbm2x": None, "brains": 2.49, "aseg": 2.91})[3] is True  # an absent source is left out
+    assert held({"brains": 2.48, "aseg": 2.92})[3] is True  # at the floor and level, whatever the float rounding
+    assert [ok for _, ok in compare.verdict({**REFERENCE, "paired": 0.0, "icbm2x": None}, REFERENCE)] == [False]
+    level = {**REFERENCE, "icbm2x": None}  # the source absent on both sides: left out
+    candidate = {**level, "paired": 0.0, "aseg": 2.91, "brains": 2.49}
+    assert [ok for _, ok in compare.verdict(candidate, level)] == [True] * 4
     assert [ok for _, ok in compare.verdict({**REFERENCE}, REFERENCE)] == [False]  # no paired number
 
 
-def test_cached_numbers_belong_to_one_engine_and_one_weights_content(tmp_path):
+def test_cached_numbers_belong_to_one_engine_and_one_weights_content(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in (a, b):
         folder.mkdir()
@@ -36,7 +40,10 @@ def test_cached_numbers_belong_to_one_engine_and_one_weights_content(tmp_path):
     (b / "global_expert.pt").write_bytes(b"other weights")
     assert compare.cache_dir(tmp_path / "cache", a).parent == compare.cache_dir(tmp_path / "cache", b).parent
     assert compare.cache_dir(tmp_path / "cache", a) != compare.cache_dir(tmp_path / "cache", b)
-    with pytest.raises(SystemExit, match="no \\*_expert.pt"):
+    engine = compare.cache_dir(tmp_path / "cache", a).parent
+    monkeypatch.setenv("SEGFM_CLICK_REFIT", "0")  # a rule switched off: another engine
+    assert compare.cache_dir(tmp_path / "cache", a).parent != engine
+    with pytest.raises(SystemExit, match="no global_expert.pt"):
         compare.cache_dir(tmp_path / "cache", tmp_path)
 
 
@@ -54,6 +61,11 @@ def test_each_measure_takes_the_valset_cases_of_its_mode(tmp_path):
              for m in ("valset-box@7", "valset-nobox", "paired")}
     assert names == {"valset-box@7": [("MR_boxed", True)], "valset-nobox": [("CT_free", False)],
                      "paired": [("CT_free", False), ("MR_boxed", True)]}
+    key = compare.data_key(tmp_path)
+    (tmp_path / "tasks.json").write_text(json.dumps({"cases": {"MR_boxed": {"box": False}}}))
+    assert compare.data_key(tmp_path) != key  # a remade valset: its numbers are measured again
+    with pytest.raises(ValueError, match="unknown measure"):
+        compare.cases_of("valset_box", tmp_path)
 
 
 def test_a_measure_is_computed_once_per_weights_and_then_read_from_the_cache(tmp_path, monkeypatch, capsys):

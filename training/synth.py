@@ -163,11 +163,11 @@ SCALP, SKULL, CSF, GREY, WHITE = range(1, 6)
 BRAIN_LABELLINGS = ("lobes", "cortex", "tissues", "whole", "aseg")
 BRAIN_LABELLING_P = (0.35, 0.2, 0.1, 0.1, 0.25)
 # the aseg labelling's deep nuclei (thalamus, caudate, putamen, pallidum): offset from the
-# volume's centre and radii, mm (z, y, x; x mirrored per side) in a head of ASEG_EXTENT mm, scaled
-# per axis to other heads; the last is a pallidum-like nucleus at white matter's level
+# volume's centre and radii, mm (z, y, x; x mirrored per side) in a volume of ASEG_EXTENT mm, scaled
+# per axis to other volumes (heads fill theirs alike); the last is a pallidum-like nucleus at white matter's level
 NUCLEI_MM = (((0, 0, 14), (10, 8, 5)), ((0, 12, 18), (12, 6, 5)), ((-12, 4, 22), (8, 10, 5)),
              ((6, -10, 16), (8, 6, 6)))
-ASEG_EXTENT = np.array([96 * 1.5, 128 * 1.3, 112 * 1.3])  # harness.brains' grid: a 144 x 166 x 146 mm head
+ASEG_EXTENT = np.array([96 * 1.5, 128 * 1.3, 112 * 1.3])  # mm: harness.brains' volume (its head fills about 0.8 of it)
 
 
 def brain_scene(rng, shape, spacing, labelling: str | None = None, clefts: bool | None = None):
