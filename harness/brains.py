@@ -92,6 +92,16 @@ def texts(scene: str, classes: int) -> dict[int, str]:
     return {k: f"{name} in brain MRI" for k, name in enumerate(names, 1)} if len(names) == classes else {}
 
 
+def cases(labelling: str, seeds, finer: float = 1.0):
+    """The brains of a labelling (LABELLINGS) at seeds range(*seeds), built one at a time, or
+    "icbm": the real template alone (no seeds)."""
+    if labelling == "icbm":
+        yield icbm_aseg()
+    else:
+        for seed in range(*seeds):
+            yield brain(seed, labelling, finer)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 4], metavar=("FIRST", "END"))
@@ -108,9 +118,8 @@ def main(argv=None) -> None:
                         help="brains on a grid this many times finer per axis (1.5: about 1 mm, the "
                         "independent set's MR brains), rendered there")
     args = parser.parse_args(argv)
-    cases = ([icbm_aseg()] if args.labelling == "icbm"
-             else (brain(seed, args.labelling, args.finer) for seed in range(*args.seeds)))
-    print_box_scores(cases, detail=args.detail, predict=BASELINES.get(args.predictor))
+    print_box_scores(cases(args.labelling, args.seeds, args.finer), detail=args.detail,
+                     predict=BASELINES.get(args.predictor))
 
 
 if __name__ == "__main__":

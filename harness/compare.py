@@ -49,6 +49,7 @@ SEEDS = (2025, 7, 11)
 BRAIN_MEASURES = ("brains", "aseg", "icbm", "icbm2x")
 MEASURES = (*(f"valset-box@{s}" for s in SEEDS), "valset-nobox", *BRAIN_MEASURES, "paired")
 NOBOX_MARGIN, BRAIN_MARGIN = 0.01, 0.02
+BRAIN_CASES = {"brains": ("parcels", (0, 24)), "aseg": ("aseg", (0, 8)), "icbm": ("icbm", (0, 0))}  # brains.cases
 
 
 def digest(paths) -> str:
@@ -86,11 +87,8 @@ def cases_of(measure: str, data: Path):
         return harness_eval.declared_cases(data)
     if measure == "valset-nobox" or measure.startswith("valset-box@"):
         return harness_eval.declared_cases(data, box=measure != "valset-nobox")
-    if measure in ("brains", "aseg"):
-        seeds = range(24) if measure == "brains" else range(8)
-        return ((brains.brain(s, "parcels" if measure == "brains" else "aseg"), True) for s in seeds)
-    if measure == "icbm":
-        return iter([(brains.icbm_aseg(), True)])
+    if measure in BRAIN_CASES:
+        return ((case, True) for case in brains.cases(*BRAIN_CASES[measure]))
     if measure == "icbm2x":
         case = native.native_case("icbm2x")
         return iter([] if case is None else [(case, True)])
@@ -163,9 +161,6 @@ def main(argv=None) -> None:
     if not (args.data / loop.TASKS_FILE).exists():
         raise SystemExit(f"{args.data}: no validation set (make valset)")
     dirs = {role: cache_dir(args.cache, getattr(args, role)) for role in ("reference", "candidate")}
-    for role in ("reference", "candidate"):
-        if not (getattr(args, role) / "global_expert.pt").is_file():
-            raise SystemExit(f"{getattr(args, role)}: no global_expert.pt")
     data = data_key(args.data)
     experts = {}
 

@@ -44,11 +44,8 @@ def paired_case(case: loop.LabelledCase, box_mode: bool, reference, candidate, b
 
 def cases(args):
     """(case, box mode) pairs: --data's cases in their declared modes, or --brains' in box mode."""
-    if args.brains == "icbm":
-        yield brains.icbm_aseg(), True
-    elif args.brains:
-        for seed in range(*args.seeds):
-            yield brains.brain(seed, args.brains), True
+    if args.brains:
+        yield from ((case, True) for case in brains.cases(args.brains, args.seeds))
     else:
         yield from harness_eval.declared_cases(args.data, args.cases)
 
