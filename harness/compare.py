@@ -1,5 +1,5 @@
 """The export decision: a candidate weights folder against the shipped one, each through the same
-engine on the same cases, judged by the export rule below (training/resume/README.md, leg Z5).
+engine on the same cases, judged by the export rule below (training/resume/README.md, leg Z7).
 
     python -m harness.compare --candidate runs/legZ5/w                   # every measure, then the verdict
     python -m harness.compare --candidate DIR --only valset-box@7 brains  # some measures (a second core)
@@ -24,9 +24,16 @@ valset's tasks.json declares otherwise):
     paired         harness.paired on the valset: mean over cases of the candidate's mean DSC minus
                    the reference's on the reference's trajectory (the candidate's folder only)
 
-The rule: paired >= 0; the mean of valset-box over seeds 2025, 7, 11 not below the reference's;
-valset-nobox >= the reference's - 0.01; over brains, aseg, icbm, icbm2x the mean difference >= 0
-and none below the reference's - 0.02.
+The rule (training/resume/README.md, leg Z7; it replaced leg Z5's on 2026-12-06, before any of
+Z6's or Z7's numbers): the candidate is scored where issue 9's independent set is, weighed by its
+task mix of 2 CT cases, 7 MR brains and 1 microscopy case without boxes (MIX):
+    CT          the valset's CT box cases, DSC_AUC difference averaged over seeds 2025, 7, 11
+    MR          the mean difference of the valset's MR box cases (over the seeds), brains, aseg,
+                icbm and icbm2x
+    Microscopy  the valset's microscopy no-box cases
+It exports when paired >= 0 and the weighed difference >= 0, with floors: all the valset's box
+cases over the seeds and each brain measure no lower than the reference's - 0.02, valset-nobox no
+lower than - 0.01.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ from harness import eval as harness_eval
 SEEDS = (2025, 7, 11)
 BRAIN_MEASURES = ("brains", "aseg", "icbm", "icbm2x")
 MEASURES = (*(f"valset-box@{s}" for s in SEEDS), "valset-nobox", *BRAIN_MEASURES, "paired")
-NOBOX_MARGIN, BRAIN_MARGIN = 0.01, 0.02
+NOBOX_MARGIN, MARGIN = 0.01, 0.02
+MIX = {"CT": 0.2, "MR": 0.7, "Microscopy": 0.1}  # issue 9's independent set: 2 CT, 7 MR brains, 1 nuclei case
 BRAIN_CASES = {"brains": ("parcels", (0, 24)), "aseg": ("aseg", (0, 8)), "icbm": ("icbm", (0, 0))}  # brains.cases
 
 
@@ -113,11 +121,12 @@ def measure_one(measure: str, data: Path, experts, reference=None) -> dict:
     return rows
 
 
-def value(rows: dict, measure: str) -> float | None:
-    """The measure's number: mean DSC_AUC over its cases, or the mean paired difference."""
-    if not rows:
-        return None
-    return float(np.mean([r if measure == "paired" else r[1] for r in rows.values()]))
+def value(rows: dict | None, measure: str, modality: str | None = None) -> float | None:
+    """The measure's number: mean DSC_AUC over its cases (of one modality, by the file name's
+    prefix), or the mean paired difference; None when it has no such case."""
+    values = [r if measure == "paired" else r[1] for name, r in (rows or {}).items()
+              if modality is None or name.split("_")[0] == modality]
+    return float(np.mean(values)) if values else None
 
 
 def at_least(diff: float, floor: float) -> bool:
@@ -125,27 +134,46 @@ def at_least(diff: float, floor: float) -> bool:
     return bool(diff >= floor - 1e-9)
 
 
-def verdict(cand: dict[str, float | None], ref: dict[str, float | None]) -> list[tuple[str, bool]]:
-    """The rule's four conditions, each with whether it holds. A measure missing on one side
-    fails; a brain measure missing on both (its source absent here) is left out."""
+def mix_differences(cand: dict, ref: dict, brain: list[str]) -> dict[str, float]:
+    """DSC_AUC difference per modality of MIX; a modality without cases in the valset is left out."""
+    def valset(measures, modality):
+        pairs = [(value(cand[m], m, modality), value(ref[m], m, modality)) for m in measures]
+        return None if any(c is None or r is None for c, r in pairs) else float(np.mean([c - r for c, r in pairs]))
+
     box = [f"valset-box@{s}" for s in SEEDS]
-    if any(numbers.get(m) is None for numbers in (cand, ref) for m in (*box, "valset-nobox")) or \
-            cand.get("paired") is None:
+    mr = [d for d in [valset(box, "MR"), *(value(cand[m], m) - value(ref[m], m) for m in brain)] if d is not None]
+    diffs = {"CT": valset(box, "CT"), "MR": float(np.mean(mr)) if mr else None,
+             "Microscopy": valset(["valset-nobox"], "Microscopy")}
+    return {k: d for k, d in diffs.items() if d is not None}
+
+
+def verdict(cand: dict[str, dict | None], ref: dict[str, dict | None]) -> list[tuple[str, bool]]:
+    """The rule's conditions on the per-case rows of each measure, each with whether it holds. A
+    measure missing on one side fails; a brain measure missing on both (its source absent here) is
+    left out."""
+    box = [f"valset-box@{s}" for s in SEEDS]
+    if any(not numbers.get(m) for numbers in (cand, ref) for m in (*box, "valset-nobox")) or \
+            not cand.get("paired"):
         return [("a valset measure is missing", False)]
-    one_sided = [m for m in BRAIN_MEASURES if (cand.get(m) is None) != (ref.get(m) is None)]
-    brain = [m for m in BRAIN_MEASURES if cand.get(m) is not None and ref.get(m) is not None]
+    one_sided = [m for m in BRAIN_MEASURES if (not cand.get(m)) != (not ref.get(m))]
+    brain = [m for m in BRAIN_MEASURES if cand.get(m) and ref.get(m)]
     if one_sided or not brain:
         return [(f"brain measures missing on one side: {one_sided or 'all'}", False)]
-    box_diff = np.mean([cand[m] for m in box]) - np.mean([ref[m] for m in box])
-    nobox_diff = cand["valset-nobox"] - ref["valset-nobox"]
-    diffs = [cand[m] - ref[m] for m in brain]
-    brain_text = (f"brains ({', '.join(brain)}) mean difference {np.mean(diffs):+.4f} >= 0, "
-                  f"lowest {min(diffs):+.4f} >= {-BRAIN_MARGIN}")
+    mix = mix_differences(cand, ref, brain)
+    weighed = sum(MIX[k] * d for k, d in mix.items()) / sum(MIX[k] for k in mix)
+    paired_diff = value(cand["paired"], "paired")
+    box_diff = np.mean([value(cand[m], m) - value(ref[m], m) for m in box])
+    nobox_diff = value(cand["valset-nobox"], "valset-nobox") - value(ref["valset-nobox"], "valset-nobox")
+    brain_diffs = {m: value(cand[m], m) - value(ref[m], m) for m in brain}
+    lowest = min(brain_diffs, key=brain_diffs.get)
+    mix_text = ", ".join(f"{k} {d:+.4f} x {MIX[k]}" for k, d in mix.items())
     return [
-        (f"paired {cand['paired']:+.4f} >= 0", at_least(cand["paired"], 0.0)),
-        (f"valset box over seeds, difference {box_diff:+.4f} >= 0", at_least(box_diff, 0.0)),
+        (f"paired {paired_diff:+.4f} >= 0", at_least(paired_diff, 0.0)),
+        (f"weighed by the task mix ({mix_text}): {weighed:+.4f} >= 0", at_least(weighed, 0.0)),
+        (f"valset box over seeds, difference {box_diff:+.4f} >= {-MARGIN}", at_least(box_diff, -MARGIN)),
         (f"valset no box, difference {nobox_diff:+.4f} >= {-NOBOX_MARGIN}", at_least(nobox_diff, -NOBOX_MARGIN)),
-        (brain_text, at_least(np.mean(diffs), 0.0) and at_least(min(diffs), -BRAIN_MARGIN)),
+        (f"lowest brain measure ({lowest}) {brain_diffs[lowest]:+.4f} >= {-MARGIN}",
+         at_least(brain_diffs[lowest], -MARGIN)),
     ]
 
 
@@ -186,9 +214,9 @@ def main(argv=None) -> None:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.with_suffix(".tmp").write_text(json.dumps(rows, indent=1))
                     os.replace(path.with_suffix(".tmp"), path)
-            numbers[role][measure] = value(json.loads(path.read_text()), measure) if path.exists() else None
+            numbers[role][measure] = json.loads(path.read_text()) if path.exists() else None
     for measure in args.only or MEASURES:
-        ref, cand = numbers["reference"].get(measure), numbers["candidate"].get(measure)
+        ref, cand = (value(numbers[role].get(measure), measure) for role in ("reference", "candidate"))
         show = [f"{x:.4f}" if x is not None else "-" for x in (cand, ref)]
         print(f"{measure:15s} candidate {show[0]:>8s}  reference {show[1]:>8s}")
     if not args.only and not args.list:

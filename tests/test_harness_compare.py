@@ -7,28 +7,57 @@ import pytest
 
 from harness import compare
 
-REFERENCE = {"valset-box@2025": 3.40, "valset-box@7": 3.30, "valset-box@11": 3.35, "valset-nobox": 2.80,
-             "brains": 2.50, "aseg": 2.90, "icbm": 3.33, "icbm2x": 3.44}
+
+def rows(**auc) -> dict:
+    """A measure's per-case rows (DSC it0, DSC_AUC, DSC_Final) from case name -> DSC_AUC."""
+    return {name: [0.5, a, 0.7] for name, a in auc.items()}
 
 
-def held(candidate: dict) -> list[bool]:
-    return [ok for _, ok in compare.verdict({**REFERENCE, "paired": 0.0, **candidate}, REFERENCE)]
+def reference() -> dict:
+    box = {f"valset-box@{s}": rows(CT_a=3.4, MR_b=3.3, PET_c=3.5) for s in compare.SEEDS}
+    return {**box, "valset-nobox": rows(CT_v=2.8, Microscopy_n=2.6),
+            **{m: rows(case=a) for m, a in zip(compare.BRAIN_MEASURES, (2.50, 2.90, 3.33, 3.44))}}
 
 
-def test_the_rule_weighs_the_box_seeds_together_and_each_brain_measure_has_a_floor():
-    assert held({}) == [True, True, True, True]  # level everywhere: the rule's ">=" lets it through
-    assert held({"paired": -0.0001})[0] is False
-    assert held({"valset-box@7": 3.25, "valset-box@11": 3.41})[1] is True  # -0.05 on one seed, +0.06 on another
-    assert held({"valset-box@2025": 3.39})[1] is False
-    assert held({"valset-nobox": 2.791})[2] is True and held({"valset-nobox": 2.789})[2] is False
-    assert held({"brains": 2.55, "aseg": 2.91})[3] is True
-    assert held({"brains": 2.60, "aseg": 2.87})[3] is False  # mean +0.015, but aseg 0.03 below
-    assert held({"brains": 2.48, "aseg": 2.92})[3] is True  # at the floor and level, whatever the float rounding
-    assert [ok for _, ok in compare.verdict({**REFERENCE, "paired": 0.0, "icbm2x": None}, REFERENCE)] == [False]
-    level = {**REFERENCE, "icbm2x": None}  # the source absent on both sides: left out
-    candidate = {**level, "paired": 0.0, "aseg": 2.91, "brains": 2.49}
-    assert [ok for _, ok in compare.verdict(candidate, level)] == [True] * 4
-    assert [ok for _, ok in compare.verdict({**REFERENCE}, REFERENCE)] == [False]  # no paired number
+def held(**changes) -> list[bool]:
+    """Which conditions hold for the reference with some cases' DSC_AUC changed ('measure/case')."""
+    candidate = {**reference(), "paired": {"x": changes.pop("paired", 0.0)}}
+    for key, auc in changes.items():
+        measure, case = key.split("/")
+        candidate[measure] = {**candidate[measure], case: [0.5, auc, 0.7]}
+    return [ok for _, ok in compare.verdict(candidate, reference())]
+
+
+def every(**auc) -> dict:
+    """The same valset box cases changed at every widening seed."""
+    return {f"valset-box@{s}/{case}": a for s in compare.SEEDS for case, a in auc.items()}
+
+
+def test_the_rule_weighs_modalities_by_the_task_mix_with_floors():
+    assert held() == [True] * 5  # level everywhere: the rule's ">=" lets it through
+    assert held(paired=-0.0001)[0] is False
+    # PET is not in the mix: it only meets the box floor (-0.06 over one of three cases = -0.02)
+    assert held(**every(PET_c=3.44)) == [True] * 5 and held(**every(PET_c=3.43))[2] is False
+    # CT -0.03 (weight 0.2) against MR +0.01 (weight 0.7, one of five MR measures): 0.7 * 0.002 < 0.006
+    assert held(**every(CT_a=3.37, MR_b=3.31))[1] is False
+    # the same CT loss against a brain gain: 0.7 * (0.05 / 5) = 0.007 > 0.006
+    assert held(**every(CT_a=3.37), **{"aseg/case": 2.95})[1] is True
+    assert held(**{"valset-nobox/Microscopy_n": 2.65, "valset-nobox/CT_v": 2.74})[1:4] == [True, True, True]
+    assert held(**{"valset-nobox/CT_v": 2.77})[3] is False  # -0.03 over two cases: below -0.01
+    assert held(**{"brains/case": 2.48, "aseg/case": 3.0}) == [True] * 5  # at the floor, whatever the rounding
+    assert held(**{"brains/case": 2.47, "aseg/case": 3.1})[4] is False
+    ref = reference()
+    assert [ok for _, ok in compare.verdict({**ref, "paired": {"x": 0.0}, "icbm2x": None}, ref)] == [False]
+    level = {**ref, "icbm2x": None}  # the source absent on both sides: left out
+    assert [ok for _, ok in compare.verdict({**level, "paired": {"x": 0.0}}, level)] == [True] * 5
+    assert [ok for _, ok in compare.verdict(ref, ref)] == [False]  # no paired number
+
+
+def test_a_modality_without_valset_cases_leaves_the_mix():
+    ref = {**reference(), **{f"valset-box@{s}": rows(MR_b=3.3) for s in compare.SEEDS}}
+    candidate = {**ref, "paired": {"x": 0.0}, "aseg": rows(case=2.95)}
+    assert compare.mix_differences(candidate, ref, list(compare.BRAIN_MEASURES)) == \
+        pytest.approx({"MR": 0.01, "Microscopy": 0.0})
 
 
 def test_cached_numbers_belong_to_one_engine_and_one_weights_content(tmp_path, monkeypatch):
