@@ -1,6 +1,8 @@
 """weights/MANIFEST.json bookkeeping (issue 10 item 13): scores belong to one file's sha256."""
 
+import itertools
 import json
+import re
 
 import pytest
 import torch
@@ -65,3 +67,35 @@ def test_cumulative_counts_every_leg_of_a_resume_lineage(weights, tmp_path):
     behind = item["cumulative"]["initialised_from"]
     assert [leg["run"] for leg in behind["legs"]] == ["legA"]
     assert behind["initialised_from"]["file"] == "weights/global_expert.pt"
+
+
+def test_legs_whose_run_folders_are_gone_count_from_a_recorded_lineage(weights, tmp_path):
+    """runs/ does not survive a machine: the legs before it come from a JSON record, the rest
+    from their folders, in order."""
+    _weights(weights / "global_expert.pt", 1.0)
+    shipped = manifest.write()["global_expert.pt"]
+    shipped["cumulative"] = {"samples": 1000, "cpu_hours": 2.0}
+    (weights / "MANIFEST.json").write_text(json.dumps({"global_expert.pt": shipped}))
+    record = tmp_path / "lineage.json"
+    record.write_text(json.dumps({"legs": [
+        {"run": "legV", "steps": 10, "init": "weights/global_expert.pt", "samples": 40, "cpu_hours": 0.25},
+        {"run": "legW", "steps": 20, "init": "training/resume/legV.pt", "samples": 80, "cpu_hours": 0.5}]}))
+    _run(tmp_path / "legA", "training/resume/legW.pt", 100, 60.0)
+    _run(tmp_path / "legB", "training/resume/legA.pt", 50, 30.0)
+
+    _weights(weights / "global_expert.pt", 2.0)
+    item = manifest.write(run_dir=tmp_path / "legB", lineage=(record, tmp_path / "legA"))["global_expert.pt"]
+    behind = item["cumulative"]["initialised_from"]
+    assert [leg["run"] for leg in behind["legs"]] == ["legV", "legW", "legA"]
+    assert behind["initialised_from"]["file"] == "weights/global_expert.pt"
+    assert item["cumulative"]["samples"] == 1000 + 40 + 80 + 400 + 200
+    assert item["cumulative"]["cpu_hours"] == pytest.approx(2.0 + 0.25 + 0.5 + 1.0 + 0.5)
+
+
+def test_the_recorded_lineage_runs_from_the_shipped_file_leg_by_leg():
+    """Each recorded leg starts from the leg before it, the first from the shipped weights."""
+    legs = json.loads((manifest.ROOT / "training/resume/lineage.json").read_text())["legs"]
+    assert legs[0]["init"] == "weights/global_expert.pt"
+    for before, leg in itertools.pairwise(legs):
+        assert re.search(rf"\b(global_)?{before['run']}[_/]", leg["init"]), (before["run"], leg["init"])
+    assert all(leg["samples"] >= 4 * leg["steps"] for leg in legs)

@@ -5,7 +5,9 @@
 
 A file exported from a run outside runs/<expert> names it with --run-dir; one whose run started
 from a resume file rather than the file it replaces names the legs in between with --lineage,
-so the cumulative samples and CPU hours count every leg behind it.
+so the cumulative samples and CPU hours count every leg behind it. A leg whose run folder is gone
+(runs/ is not kept between machines) comes from a JSON file of recorded legs instead
+(training/resume/lineage.json: steps x batch and the minutes each leg's README section states).
 
 A changed (or new) file's entry is built from the file itself (sha256, size, parameters, the
 metadata the exporter stored) plus the run's checkpoint and history (wall time, throughput)
@@ -98,8 +100,15 @@ def entry(path: Path, previous: dict, init: str = "", run_dir: Path | None = Non
         "machine": previous.get("machine") or f"{platform.machine()} {platform.processor() or ''} CPU, 2 cores".strip(),
         "training_code_commit": commit or previous.get("training_code_commit"),
         "harness_scores": None,
-        "cumulative": cumulative(previous, run, config, [leg_summary(d) for d in lineage]),
+        "cumulative": cumulative(previous, run, config, [leg for item in lineage for leg in legs_of(item)]),
     }
+
+
+def legs_of(path: Path) -> list[dict]:
+    """The legs a --lineage item stands for: a run folder's one leg, or a JSON file's recorded legs."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["legs"]
+    return [leg_summary(path)]
 
 
 def leg_summary(run_dir: Path) -> dict:
@@ -159,8 +168,8 @@ if __name__ == "__main__":
                         "predates train.py keeping that on record")
     parser.add_argument("--run-dir", type=Path, help="the run a changed file was exported from "
                         "(default runs/<expert>)")
-    parser.add_argument("--lineage", type=Path, nargs="+", default=(), help="the run folders of the legs "
-                        "between the file a changed one replaces and --run-dir's start, oldest first")
+    parser.add_argument("--lineage", type=Path, nargs="+", default=(), help="the run folders (or JSON files "
+                        "of recorded legs) between the file a changed one replaces and --run-dir's start, oldest first")
     args = parser.parse_args()
     scores = {"report": str(args.scores), "scores": json.loads(args.scores.read_text())} if args.scores else None
     manifest = write(scores, args.init, args.run_dir, tuple(args.lineage))
