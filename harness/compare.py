@@ -54,7 +54,8 @@ from harness import eval as harness_eval
 
 SEEDS = (2025, 7, 11)
 BRAIN_MEASURES = ("brains", "aseg", "icbm", "icbm2x")
-MEASURES = (*(f"valset-box@{s}" for s in SEEDS), "valset-nobox", *BRAIN_MEASURES, "paired")
+BOX_MEASURES = tuple(f"valset-box@{s}" for s in SEEDS)
+MEASURES = (*BOX_MEASURES, "valset-nobox", *BRAIN_MEASURES, "paired")
 NOBOX_MARGIN, MARGIN = 0.01, 0.02
 MIX = {"CT": 0.2, "MR": 0.7, "Microscopy": 0.1}  # issue 9's independent set: 2 CT, 7 MR brains, 1 nuclei case
 BRAIN_CASES = {"brains": ("parcels", (0, 24)), "aseg": ("aseg", (0, 8)), "icbm": ("icbm", (0, 0))}  # brains.cases
@@ -134,16 +135,19 @@ def at_least(diff: float, floor: float) -> bool:
     return bool(diff >= floor - 1e-9)
 
 
+def difference(cand: dict, ref: dict, measures, modality: str | None = None) -> float | None:
+    """Mean over the measures of the candidate's number minus the reference's (of one modality's
+    cases); None when a measure has no such case on either side."""
+    pairs = [(value(cand[m], m, modality), value(ref[m], m, modality)) for m in measures]
+    return None if any(c is None or r is None for c, r in pairs) else float(np.mean([c - r for c, r in pairs]))
+
+
 def mix_differences(cand: dict, ref: dict, brain: list[str]) -> dict[str, float]:
     """DSC_AUC difference per modality of MIX; a modality without cases in the valset is left out."""
-    def valset(measures, modality):
-        pairs = [(value(cand[m], m, modality), value(ref[m], m, modality)) for m in measures]
-        return None if any(c is None or r is None for c, r in pairs) else float(np.mean([c - r for c, r in pairs]))
-
-    box = [f"valset-box@{s}" for s in SEEDS]
-    mr = [d for d in [valset(box, "MR"), *(value(cand[m], m) - value(ref[m], m) for m in brain)] if d is not None]
-    diffs = {"CT": valset(box, "CT"), "MR": float(np.mean(mr)) if mr else None,
-             "Microscopy": valset(["valset-nobox"], "Microscopy")}
+    mr = [d for d in [difference(cand, ref, BOX_MEASURES, "MR"), *(difference(cand, ref, [m]) for m in brain)]
+          if d is not None]
+    diffs = {"CT": difference(cand, ref, BOX_MEASURES, "CT"), "MR": float(np.mean(mr)) if mr else None,
+             "Microscopy": difference(cand, ref, ["valset-nobox"], "Microscopy")}
     return {k: d for k, d in diffs.items() if d is not None}
 
 
@@ -151,8 +155,7 @@ def verdict(cand: dict[str, dict | None], ref: dict[str, dict | None]) -> list[t
     """The rule's conditions on the per-case rows of each measure, each with whether it holds. A
     measure missing on one side fails; a brain measure missing on both (its source absent here) is
     left out."""
-    box = [f"valset-box@{s}" for s in SEEDS]
-    if any(not numbers.get(m) for numbers in (cand, ref) for m in (*box, "valset-nobox")) or \
+    if any(not numbers.get(m) for numbers in (cand, ref) for m in (*BOX_MEASURES, "valset-nobox")) or \
             not cand.get("paired"):
         return [("a valset measure is missing", False)]
     one_sided = [m for m in BRAIN_MEASURES if (not cand.get(m)) != (not ref.get(m))]
@@ -162,9 +165,9 @@ def verdict(cand: dict[str, dict | None], ref: dict[str, dict | None]) -> list[t
     mix = mix_differences(cand, ref, brain)
     weighed = sum(MIX[k] * d for k, d in mix.items()) / sum(MIX[k] for k in mix)
     paired_diff = value(cand["paired"], "paired")
-    box_diff = np.mean([value(cand[m], m) - value(ref[m], m) for m in box])
-    nobox_diff = value(cand["valset-nobox"], "valset-nobox") - value(ref["valset-nobox"], "valset-nobox")
-    brain_diffs = {m: value(cand[m], m) - value(ref[m], m) for m in brain}
+    box_diff = difference(cand, ref, BOX_MEASURES)
+    nobox_diff = difference(cand, ref, ["valset-nobox"])
+    brain_diffs = {m: difference(cand, ref, [m]) for m in brain}
     lowest = min(brain_diffs, key=brain_diffs.get)
     mix_text = ", ".join(f"{k} {d:+.4f} x {MIX[k]}" for k, d in mix.items())
     return [
