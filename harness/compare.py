@@ -24,16 +24,20 @@ valset's tasks.json declares otherwise):
     paired         harness.paired on the valset: mean over cases of the candidate's mean DSC minus
                    the reference's on the reference's trajectory (the candidate's folder only)
 
-The rule (training/resume/README.md, leg Z7; it replaced leg Z5's on 2026-12-06, before any of
-Z6's or Z7's numbers): the candidate is scored where issue 9's independent set is, weighed by its
-task mix of 2 CT cases, 7 MR brains and 1 microscopy case without boxes (MIX):
+The rule (training/resume/README.md, leg Z8; leg Z7's with floors from the measures' noise, fixed
+on 2026-12-06 before any of Z8's or Z9's numbers): the candidate is scored where issue 9's
+independent set is, weighed by its task mix of 2 CT cases, 7 MR brains and 1 microscopy case
+without boxes (MIX):
     CT          the valset's CT box cases, DSC_AUC difference averaged over seeds 2025, 7, 11
     MR          the mean difference of the valset's MR box cases (over the seeds), brains, aseg,
                 icbm and icbm2x
     Microscopy  the valset's microscopy no-box cases
 It exports when paired >= 0 and the weighed difference >= 0, with floors: all the valset's box
-cases over the seeds and each brain measure no lower than the reference's - 0.02, valset-nobox no
-lower than - 0.01.
+cases over the seeds, valset-nobox and each brain measure no lower than the reference's minus
+the larger of a fixed margin (0.02; 0.01 without box) and the standard error of its per-case
+differences. A one-case measure (icbm, icbm2x) takes the per-case spread of the brain measures
+with several cases: a single replayed case swings by about 0.1 between legs that agree to 0.002
+when paired (harness/EXPERIMENTS.md, ninth session).
 """
 
 from __future__ import annotations
@@ -142,6 +146,20 @@ def difference(cand: dict, ref: dict, measures, modality: str | None = None) -> 
     return None if any(c is None or r is None for c, r in pairs) else float(np.mean([c - r for c, r in pairs]))
 
 
+def case_differences(cand: dict, ref: dict, measures) -> list[float]:
+    """Per case of the measures (the seeds of one set of cases), the candidate's DSC_AUC minus the
+    reference's, averaged over the measures."""
+    names = sorted(set.intersection(*(set(cand[m]) & set(ref[m]) for m in measures)))
+    return [float(np.mean([cand[m][n][1] - ref[m][n][1] for m in measures])) for n in names]
+
+
+def floor(diffs: list[float], margin: float, spread: float | None) -> float:
+    """The lowest difference a measure may show: minus the larger of the margin and the standard
+    error of its per-case differences; a one-case measure's error is the given per-case spread."""
+    error = np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else (spread or 0.0)
+    return -max(margin, float(error))
+
+
 def mix_differences(cand: dict, ref: dict, brain: list[str]) -> dict[str, float]:
     """DSC_AUC difference per modality of MIX; a modality without cases in the valset is left out."""
     mr = [d for d in [difference(cand, ref, BOX_MEASURES, "MR"), *(difference(cand, ref, [m]) for m in brain)]
@@ -164,20 +182,19 @@ def verdict(cand: dict[str, dict | None], ref: dict[str, dict | None]) -> list[t
         return [(f"brain measures missing on one side: {one_sided or 'all'}", False)]
     mix = mix_differences(cand, ref, brain)
     weighed = sum(MIX[k] * d for k, d in mix.items()) / sum(MIX[k] for k in mix)
-    paired_diff = value(cand["paired"], "paired")
-    box_diff = difference(cand, ref, BOX_MEASURES)
-    nobox_diff = difference(cand, ref, ["valset-nobox"])
-    brain_diffs = {m: difference(cand, ref, [m]) for m in brain}
-    lowest = min(brain_diffs, key=brain_diffs.get)
     mix_text = ", ".join(f"{k} {d:+.4f} x {MIX[k]}" for k, d in mix.items())
-    return [
-        (f"paired {paired_diff:+.4f} >= 0", at_least(paired_diff, 0.0)),
-        (f"weighed by the task mix ({mix_text}): {weighed:+.4f} >= 0", at_least(weighed, 0.0)),
-        (f"valset box over seeds, difference {box_diff:+.4f} >= {-MARGIN}", at_least(box_diff, -MARGIN)),
-        (f"valset no box, difference {nobox_diff:+.4f} >= {-NOBOX_MARGIN}", at_least(nobox_diff, -NOBOX_MARGIN)),
-        (f"lowest brain measure ({lowest}) {brain_diffs[lowest]:+.4f} >= {-MARGIN}",
-         at_least(brain_diffs[lowest], -MARGIN)),
-    ]
+    per_case = {"valset box over seeds": (case_differences(cand, ref, BOX_MEASURES), MARGIN),
+                "valset no box": (case_differences(cand, ref, ["valset-nobox"]), NOBOX_MARGIN),
+                **{m: (case_differences(cand, ref, [m]), MARGIN) for m in brain}}
+    several = [d for m in brain if len(per_case[m][0]) > 1 for d in per_case[m][0]]
+    spread = float(np.std(several, ddof=1)) if len(several) > 1 else None
+    paired_diff = value(cand["paired"], "paired")
+    held = [(f"paired {paired_diff:+.4f} >= 0", at_least(paired_diff, 0.0)),
+            (f"weighed by the task mix ({mix_text}): {weighed:+.4f} >= 0", at_least(weighed, 0.0))]
+    for name, (diffs, margin) in per_case.items():
+        diff, lowest = float(np.mean(diffs)), floor(diffs, margin, spread if name in brain else None)
+        held.append((f"{name}, difference {diff:+.4f} >= {lowest:+.4f} ({len(diffs)} cases)", at_least(diff, lowest)))
+    return held
 
 
 def main(argv=None) -> None:

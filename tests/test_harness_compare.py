@@ -34,23 +34,39 @@ def every(**auc) -> dict:
 
 
 def test_the_rule_weighs_modalities_by_the_task_mix_with_floors():
-    assert held() == [True] * 5  # level everywhere: the rule's ">=" lets it through
+    n = 2 + 2 + len(compare.BRAIN_MEASURES)  # paired, weighed, box, no box, each brain measure
+    assert held() == [True] * n  # level everywhere: the rule's ">=" lets it through
     assert held(paired=-0.0001)[0] is False
-    # PET is not in the mix: it only meets the box floor (-0.06 over one of three cases = -0.02)
-    assert held(**every(PET_c=3.44)) == [True] * 5 and held(**every(PET_c=3.43))[2] is False
     # CT -0.03 (weight 0.2) against MR +0.01 (weight 0.7, one of five MR measures): 0.7 * 0.002 < 0.006
     assert held(**every(CT_a=3.37, MR_b=3.31))[1] is False
     # the same CT loss against a brain gain: 0.7 * (0.05 / 5) = 0.007 > 0.006
     assert held(**every(CT_a=3.37), **{"aseg/case": 2.95})[1] is True
     assert held(**{"valset-nobox/Microscopy_n": 2.65, "valset-nobox/CT_v": 2.74})[1:4] == [True, True, True]
-    assert held(**{"valset-nobox/CT_v": 2.77})[3] is False  # -0.03 over two cases: below -0.01
-    assert held(**{"brains/case": 2.48, "aseg/case": 3.0}) == [True] * 5  # at the floor, whatever the rounding
+    assert held(**{"brains/case": 2.48, "aseg/case": 3.0}) == [True] * n  # at the floor, whatever the rounding
     assert held(**{"brains/case": 2.47, "aseg/case": 3.1})[4] is False
     ref = reference()
     assert [ok for _, ok in compare.verdict({**ref, "paired": {"x": 0.0}, "icbm2x": None}, ref)] == [False]
     level = {**ref, "icbm2x": None}  # the source absent on both sides: left out
-    assert [ok for _, ok in compare.verdict({**level, "paired": {"x": 0.0}}, level)] == [True] * 5
+    assert [ok for _, ok in compare.verdict({**level, "paired": {"x": 0.0}}, level)] == [True] * (n - 1)
     assert [ok for _, ok in compare.verdict(ref, ref)] == [False]  # no paired number
+
+
+def test_a_floor_is_the_margin_or_the_standard_error_of_the_per_case_differences():
+    # every box case 0.03 lower: no spread, so the 0.02 margin is the floor
+    assert held(**every(CT_a=3.37, MR_b=3.27, PET_c=3.47))[2] is False
+    assert held(**every(CT_a=3.38, MR_b=3.28, PET_c=3.48))[2] is True
+    # -0.027 on average, but from cases that disagree (-0.15, +0.05, +0.02): standard error 0.061
+    assert held(**every(CT_a=3.25, MR_b=3.35, PET_c=3.52))[2] is True
+    assert held(**{"valset-nobox/Microscopy_n": 2.585, "valset-nobox/CT_v": 2.785})[3] is False  # -0.015 each
+    assert compare.floor([0.1, -0.1, 0.1, -0.1], 0.02, None) == pytest.approx(-0.2 / np.sqrt(3) / 2)
+    assert compare.floor([-0.3], 0.02, 0.1) == -0.1 and compare.floor([-0.3], 0.02, None) == -0.02
+
+
+def test_a_one_case_brain_measure_takes_the_spread_of_the_measures_with_several_cases():
+    ref = {**reference(), "brains": rows(a=2.5, b=2.5, c=2.5, d=2.5)}
+    cand = {**ref, "paired": {"x": 0.0}, "brains": rows(a=2.6, b=2.4, c=2.6, d=2.4)}  # per-case SD 0.115
+    assert [ok for _, ok in compare.verdict({**cand, "icbm": rows(case=3.23)}, ref)][6] is True
+    assert [ok for _, ok in compare.verdict({**cand, "icbm": rows(case=3.21)}, ref)][6] is False
 
 
 def test_a_modality_without_valset_cases_leaves_the_mix():
