@@ -587,3 +587,12 @@ def test_a_sample_marks_the_error_its_newest_click_is_on(monkeypatch):
             assert not sample(np.random.default_rng(seed), case, build_unet(), unweighted)[1][1].any()
         monkeypatch.undo()
     assert marked_rounds
+
+
+def test_each_look_draws_its_scenes_with_probabilities_that_sum_to_one():
+    assert set(synth.SCENE_P) == set(synth.LOOKS)
+    for look, scenes in synth.SCENE_P.items():
+        assert sum(p for _, p in scenes) == pytest.approx(1.0), look
+    assert dict(synth.SCENE_P["mr"])[synth.brain_scene] >= 0.4  # the independent set's MR: parcellated brains
+    assert synth.SCENE_P["microscopy"] == ((synth.cell_scene, 1.0),)
+    assert sum(synth.BRAIN_LABELLING_P) == pytest.approx(1.0)
