@@ -193,7 +193,7 @@ def verdict(cand: dict[str, dict | None], ref: dict[str, dict | None]) -> list[t
             (f"weighed by the task mix ({mix_text}): {weighed:+.4f} >= 0", at_least(weighed, 0.0))]
     for name, (diffs, margin) in per_case.items():
         diff, lowest = float(np.mean(diffs)), floor(diffs, margin, spread if name in brain else None)
-        held.append((f"{name}, difference {diff:+.4f} >= {lowest:+.4f} ({len(diffs)} cases)", at_least(diff, lowest)))
+        held.append((f"{name}, difference {diff:+.4f} >= {lowest:+.4f} (n = {len(diffs)})", at_least(diff, lowest)))
     return held
 
 
