@@ -1012,10 +1012,13 @@ class ClassSegmenter:
         they hold in the previous segmentation (app.prompts.Others); training builds its samples
         from the same. A container's or a content's box is left out: it does not show where the
         class ends (a parcel's container box covers its whole RoI, and a white matter's box lies
-        under all its parcels' boxes). Leg W trained on this (harness/EXPERIMENTS.md)."""
+        under all its parcels' boxes). Leg W trained on this (harness/EXPERIMENTS.md). Those boxes
+        get channels of their own (app.prompts.CHANNELS)."""
         nested = (*view.containers, *view.contents)
         beside = (o for o in view.others if o.box is not None and not any(o is n for n in nested))
-        return Others(tuple(o.box.bounds() for o in beside), view.prev_pred, view.label)
+        return Others(tuple(o.box.bounds() for o in beside), view.prev_pred, view.label,
+                      containers=tuple(o.box.bounds() for o in view.containers),
+                      contents=tuple(o.box.bounds() for o in view.contents))
 
     def local_pass(self, canvas: ClassCanvas, view: ClassView, centre) -> None:
         """The local expert on a native window at `centre`, seeing the canvas's mask as the

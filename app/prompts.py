@@ -3,7 +3,10 @@
 Channels (paper 000): image, box cuboid, positive clicks, negative clicks, previous mask; then
 the other classes (issue 9): how many of their boxes cover a voxel, and the voxels they hold in
 the previous segmentation. A parcel of one shared intensity is told from its neighbours only by
-where they are, which one class's own prompts never show.
+where they are, which one class's own prompts never show. Last, the boxes of the classes whose
+box contains this one's (a white matter around a cortex parcel, an organ around its lesion) and
+of those whose box it contains (app.engine.contains_box): without them a cortex parcel's box looks
+like a lobe's, whose truth takes the white matter too, so the network hedged between the two.
 A missing prompt is an all-zero channel, so the network never branches on absence.
 A click is the union of a ball of CLICK_RADIUS_MM (physical) and a ball of
 CLICK_RADIUS_PATCH patch voxels: in a zoomed-out RoI a 3 mm ball shrinks to one voxel out
@@ -21,7 +24,7 @@ from torch.nn import functional as F
 
 from app.roi import Roi, crop, crop_image, to_patch
 
-CHANNELS = ("image", "box", "fg", "bg", "prev", "other_boxes", "other_masks")
+CHANNELS = ("image", "box", "fg", "bg", "prev", "other_boxes", "other_masks", "container_boxes", "content_boxes")
 CLICK_RADIUS_MM = 3.0
 CLICK_RADIUS_PATCH = 2.0
 
@@ -74,9 +77,11 @@ def click_channel(roi: Roi, clicks, spacing, radius_mm: float = CLICK_RADIUS_MM,
 class Others:
     """The other classes of a case as one class's network sees them."""
 
-    boxes: tuple = ()  # their inclusive (lo, hi) boxes
+    boxes: tuple = ()  # their inclusive (lo, hi) boxes, containers' and contents' left out
     labels: np.ndarray | None = None  # the previous segmentation (D, H, W), every class's label
     label: int = 0  # the class's own label there, which is not another's
+    containers: tuple = ()  # the inclusive boxes of the classes whose box contains its own
+    contents: tuple = ()  # the inclusive boxes of the classes whose box its own contains
 
 
 def boxes_channel(roi: Roi, boxes) -> torch.Tensor:
@@ -117,4 +122,6 @@ def encode(image: torch.Tensor, roi: Roi, spacing, box=None, fg=(), bg=(), prev:
     others = others or Others()
     channels.append(boxes_channel(roi, others.boxes))
     channels.append(torch.zeros(roi.patch) if others.labels is None else held_channel(roi, others.labels, others.label))
+    channels.append(boxes_channel(roi, others.containers))
+    channels.append(boxes_channel(roi, others.contents))
     return torch.stack([c.to(channels[0].device) for c in channels])

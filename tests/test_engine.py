@@ -65,7 +65,7 @@ def test_encode_channels_and_absent_prompts_are_zero():
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (10, 12, 14)).astype(np.uint8))
     roi = Roi((0, 0, 0), (8, 8, 8), (8, 8, 8))
     x = encode(image, roi, (1, 1, 1))
-    assert x.shape == (len(CHANNELS), 8, 8, 8) == (7, 8, 8, 8)
+    assert x.shape == (len(CHANNELS), 8, 8, 8) == (9, 8, 8, 8)
     assert torch.all(x[1:] == 0)
     assert abs(float(x[0].mean())) < 1e-4  # z-scored image
     prev = torch.zeros(10, 12, 14, dtype=torch.bool)
@@ -91,7 +91,18 @@ def test_the_other_classes_channels_count_their_boxes_and_hold_their_voxels():
     assert x[5, 3, 0, 0] == 0.75 and x[5, 0, 0, 0] == 0.5 and x[5, 5, 0, 0] == 0.5 and x[5, 6, 0, 0] == 0
     assert x[6].sum() == 9 and x[6, 0, 0, 0] == 0 and x[6, 4, 4, 4] == 1 and x[6, 7, 7, 7] == 1
     zoomed = Roi((0, 0, 0), (10, 12, 14), (4, 4, 4))
-    assert encode(image, zoomed, (1, 1, 1), others=Others(boxes, labels, 1)).shape == (7, 4, 4, 4)
+    assert encode(image, zoomed, (1, 1, 1), others=Others(boxes, labels, 1)).shape == (9, 4, 4, 4)
+    assert torch.all(x[7:] == 0)  # no container, no content
+
+
+def test_containers_and_contents_get_channels_of_their_own():
+    """A white matter's box around a parcel's and a nucleus's box inside it: each in its own
+    channel, not among the neighbours' boxes."""
+    image = torch.zeros(10, 12, 14, dtype=torch.uint8)
+    roi = Roi((0, 0, 0), (8, 8, 8), (8, 8, 8))
+    others = Others(containers=(((0, 0, 0), (7, 7, 7)),), contents=(((2, 2, 2), (3, 3, 3)),))
+    x = encode(image, roi, (1, 1, 1), box=((1, 1, 1), (5, 5, 5)), others=others)
+    assert torch.all(x[5] == 0) and torch.all(x[7] == 0.5) and x[8].sum() == 8 * 0.5 and x[8, 2, 2, 2] == 0.5
 
 
 def test_a_five_channel_file_computes_what_it_did(tmp_path):
@@ -105,7 +116,7 @@ def test_a_five_channel_file_computes_what_it_did(tmp_path):
     x = torch.randn(1, len(CHANNELS), 8, 8, 8)
     with torch.no_grad():
         assert torch.equal(expert.model(x), old(x[:, :5]))
-        x[:, 5:] = torch.rand(1, 2, 8, 8, 8)
+        x[:, 5:] = torch.rand(1, len(CHANNELS) - 5, 8, 8, 8)
         assert torch.equal(expert.model(x), old(x[:, :5]))
 
 
@@ -124,8 +135,9 @@ def test_a_box_prior_keeps_the_other_classes_voxels():
 
 
 def test_the_others_boxes_channel_shows_neighbours_not_containers_or_contents():
-    """A white matter's box holds its two parcels' boxes: it sees neither, and they see only each
-    other (ClassSegmenter.others_for), so a container is not told to give its box to its parts."""
+    """A white matter's box holds its two parcels' boxes: it sees neither among its neighbours,
+    and they see only each other (ClassSegmenter.others_for), so a container is not told to give
+    its box to its parts; the container's and the contents' boxes go to their own channels."""
     image = np.zeros((20, 40, 40), np.uint8)
     white = ClassPrompts(Box.from_bounds((0, 0, 0), (19, 39, 39)), [], [], [])
     left = ClassPrompts(Box.from_bounds((5, 5, 5), (14, 20, 18)), [], [], [])
@@ -134,6 +146,10 @@ def test_the_others_boxes_channel_shows_neighbours_not_containers_or_contents():
     seen = [[tuple(map(tuple, b)) for b in engine.ClassSegmenter.others_for(v).boxes] for v in views]
     assert len(views[0].contents) == 2 and seen[0] == []
     assert seen[1] == [((5, 5, 15), (14, 20, 30))] and seen[2] == [((5, 5, 5), (14, 20, 18))]
+    nested = [engine.ClassSegmenter.others_for(v) for v in views]
+    assert len(nested[0].contents) == 2 and nested[0].containers == ()
+    assert [tuple(map(tuple, b)) for b in nested[1].containers] == [((0, 0, 0), (19, 39, 39))] == \
+        [tuple(map(tuple, b)) for b in nested[2].containers] and nested[1].contents == ()
 
 
 def test_a_thin_slab_is_normalised_on_its_content_not_on_the_padding():

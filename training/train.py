@@ -433,6 +433,10 @@ def main(cfg: TrainConfig) -> None:
     step, rng, ckpt = 0, np.random.default_rng([cfg.seed, rank]), None
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        if ckpt["model_config"]["in_channels"] != model.config.in_channels:
+            raise SystemExit(f"{ckpt_path} holds a {ckpt['model_config']['in_channels']}-channel network, this code "
+                             f"feeds {model.config.in_channels} (app.prompts.CHANNELS): start a new --out-dir "
+                             f"with --init from its export (python -m training.train --export-from {ckpt_path})")
         model.load_state_dict(ckpt["model"])
         optim.load_state_dict(ckpt["optim"])
         step = ckpt["step"]
@@ -441,7 +445,7 @@ def main(cfg: TrainConfig) -> None:
         print(f"resumed {ckpt_path} at step {step}", flush=True)
     elif cfg.init:
         weights = torch.load(cfg.init, map_location=cfg.device, weights_only=False)
-        load_weights(model, weights["model"])  # a 5-channel file: zero weights for the others' channels
+        load_weights(model, weights["model"])  # a file with fewer channels: zero weights for the new ones
         print(f"initialised from {cfg.init}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     bf16 = use_bf16(cfg, model)

@@ -1,6 +1,6 @@
 """A compact residual 3D U-Net: one definition shared by training and inference.
 
-Small on purpose (2,587,393 parameters, about 2.59M, at the default config, the shipped
+Small on purpose (2,589,185 parameters, about 2.59M, at the default config, the shipped
 one): it must train on two CPU cores and answer within the 90 s per class budget on a
 CPU-only machine.
 """
@@ -17,8 +17,8 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class UNetConfig:
-    in_channels: int = 7          # image, box, +clicks, -clicks, previous mask, others' boxes and masks
-                                  # (app.prompts.CHANNELS)
+    in_channels: int = 9          # image, box, +clicks, -clicks, previous mask, others' boxes and masks,
+                                  # containers' and contents' boxes (app.prompts.CHANNELS)
     widths: tuple[int, ...] = (16, 32, 64, 128)  # features per stage; stage i runs at 1/2**i resolution
     blocks_per_stage: int = 1     # residual blocks per encoder stage (after the stride-2 entry conv)
     groups: int = 8               # GroupNorm groups: batch-size independent, fine for batch 1..4
@@ -96,7 +96,8 @@ def build_unet(config: UNetConfig | dict | None = None) -> UNet3D:
 
 def load_weights(model: UNet3D, state: dict) -> None:
     """Loads a state dict into `model`, widening a file made for fewer input channels (before the
-    other classes' channels): the new channels get zero weights, so it computes what it did."""
+    other classes' channels, or the containers' and contents'): the new channels get zero
+    weights, so it computes what it did."""
     state = {k: v.float() for k, v in state.items()}
     own = model.state_dict()
     for key in ("stem.conv1.weight", "stem.skip.0.weight"):
