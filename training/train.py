@@ -436,7 +436,8 @@ def main(cfg: TrainConfig) -> None:
         if ckpt["model_config"]["in_channels"] != model.config.in_channels:
             raise SystemExit(f"{ckpt_path} holds a {ckpt['model_config']['in_channels']}-channel network, this code "
                              f"feeds {model.config.in_channels} (app.prompts.CHANNELS): start a new --out-dir "
-                             f"with --init from its export (python -m training.train --export-from {ckpt_path})")
+                             f"with --init from its export (python -m training.train --export-from {ckpt_path} "
+                             f"--export {out / 'export.pt'}; without --export it would replace weights/)")
         model.load_state_dict(ckpt["model"])
         optim.load_state_dict(ckpt["optim"])
         step = ckpt["step"]
