@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +53,34 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
             "--val-cases", "1", "--out-dir", str(out), "--export", str(out / "expert.pt"), *extra]
 
 
+def _two_processes(*args: str) -> list[str]:
+    """torchrun's arguments for 2 processes on this machine."""
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
 def _start(args, cache: Path) -> subprocess.Popen:
     """A process in its own session, so that a timeout ends torchrun's workers too."""
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(cache), text=True, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+class WorkerKilled(AssertionError):
+    """A torchrun worker died by a signal: a rare SIGABRT inside gloo on loaded 2-core machines
+    (three in some 40 CI runs of the three gloo tests), not reproduced in 60 local runs."""
+
+
+def _retry_once(run):
+    """run() again, once, when a worker died by a signal; a second death fails the test. Each
+    run starts from an empty output folder, so the retry cannot resume the failed attempt."""
+    try:
+        return run()
+    except WorkerKilled as e:
+        warnings.warn(f"retrying once: {e}", stacklevel=2)
+        return run()
+
+
 def _finish(procs: list[subprocess.Popen], timeout: int = TIMEOUT) -> list[str]:
-    """Wait for all; on a timeout kill every process group. Asserts success; returns the stdouts."""
+    """Wait for all; on a timeout kill every process group. Fails unless all succeed; returns the stdouts."""
     outputs = []
     try:
         for proc in procs:
@@ -70,12 +91,22 @@ def _finish(procs: list[subprocess.Popen], timeout: int = TIMEOUT) -> list[str]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
     for proc, (stdout, stderr) in zip(procs, outputs):
-        assert proc.returncode == 0, (stdout[-2000:], stderr[-3000:])
+        if proc.returncode != 0:  # a message of its own: an assert's non-str message is cut to 240 characters
+            report = f"exit {proc.returncode}\n--- stdout\n{stdout[-2000:]}\n--- stderr\n{stderr[-6000:]}"
+            if "received by PID" in stderr:  # torchrun's summary of a worker ended by a signal
+                raise WorkerKilled(report)
+            pytest.fail(report)
     return [stdout for stdout, _ in outputs]
 
 
 def _run(args, cache: Path, timeout: int = TIMEOUT) -> str:
     return _finish([_start(args, cache)], timeout)[0]
+
+
+def _run_fresh(out: Path, args, cache: Path, timeout: int = TIMEOUT) -> str:
+    """_run with `out` emptied first (no checkpoint of an earlier attempt to resume)."""
+    shutil.rmtree(out, ignore_errors=True)
+    return _run(args, cache, timeout)
 
 
 def _ckpt(out: Path) -> dict:
@@ -113,8 +144,8 @@ def test_smoke_steps_read_the_data_folder(dataset):
 def test_two_process_gloo_run_keeps_both_ranks_states(dataset):
     data, cache = dataset
     out = data.parent / "ddp"
-    stdout = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   *_train_args(data, out, "--max-steps", "2", "--global-batch", str(4 * SAMPLES_PER_STEP))], cache)
+    args = _two_processes(*_train_args(data, out, "--max-steps", "2", "--global-batch", str(4 * SAMPLES_PER_STEP)))
+    stdout = _retry_once(lambda: _run_fresh(out, args, cache))
     assert f"global batch {4 * SAMPLES_PER_STEP} = {SAMPLES_PER_STEP} x 2 processes x 2 accumulated" in stdout
     ckpt = _ckpt(out)
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2 and ckpt["rng"][0] != ckpt["rng"][1]
@@ -128,16 +159,21 @@ def two_node_run(dataset):
     same run resumed and continued on one plain process."""
     data, cache = dataset
     out = data.parent / "nodes"
-    port, run_id = _free_port(), f"segfm-{uuid.uuid4().hex[:8]}"
-    nodes = []
-    for node_rank in (0, 1):
-        args = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node_rank),
-                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", run_id,
-                "--local_addr", "127.0.0.1", *_train_args(data, out, "--max-steps", "2")]
-        nodes.append(_start(args, cache))
-        if node_rank == 0:  # node 1 joins once node 0 hosts the store: both could try to host it on one machine
-            _wait_for_listener(port, nodes[0])
-    _finish(nodes)
+
+    def two_nodes():
+        shutil.rmtree(out, ignore_errors=True)
+        port, run_id = _free_port(), f"segfm-{uuid.uuid4().hex[:8]}"
+        nodes = []
+        for node_rank in (0, 1):
+            args = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+                    str(node_rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id",
+                    run_id, "--local_addr", "127.0.0.1", *_train_args(data, out, "--max-steps", "2")]
+            nodes.append(_start(args, cache))
+            if node_rank == 0:  # node 1 joins once node 0 hosts the store: both could try to host it on one machine
+                _wait_for_listener(port, nodes[0])
+        _finish(nodes)
+
+    _retry_once(two_nodes)
     first = _ckpt(out)
     resumed = _run(_train_args(data, out, "--max-steps", "4"), cache)
     return out, first, _ckpt(out), resumed
@@ -197,7 +233,8 @@ def test_ranks_stop_together_when_rank0_validates_past_the_deadline(dataset):
     start another step (a DDP all-reduce) while rank 0 saves the last checkpoint (all_gather)."""
     data, cache = dataset
     out = data.parent / "deadline"
-    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable,
-          "-c", SLOW_RANK0, *_train_args(data, out, "--minutes", "0.05")[2:]], cache, timeout=120)
+    args = _two_processes("--no-python", sys.executable, "-c", SLOW_RANK0,
+                          *_train_args(data, out, "--minutes", "0.05")[2:])
+    _retry_once(lambda: _run_fresh(out, args, cache, timeout=120))
     ckpt = _ckpt(out)
     assert ckpt["step"] == 1 and [s["next"] for s in ckpt["data"]] == [SAMPLES_PER_STEP] * 2

@@ -22,6 +22,7 @@ whose deepest map is 2 voxels deep, see use_bf16), else fp32; a non-finite gradi
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import json
 import math
@@ -420,6 +421,7 @@ def main(cfg: TrainConfig) -> None:
     distributed = "WORLD_SIZE" in os.environ
     rank = 0
     if distributed:
+        faulthandler.enable()  # a native abort (gloo, rare) prints each thread's Python stack: where it was
         dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
         rank = dist.get_rank()
         if cfg.device.startswith("cuda"):
