@@ -99,3 +99,15 @@ def test_the_recorded_lineage_runs_from_the_shipped_file_leg_by_leg():
     for before, leg in itertools.pairwise(legs):
         assert re.search(rf"\b(global_)?{before['run']}[_/]", leg["init"]), (before["run"], leg["init"])
     assert all(leg["samples"] >= 4 * leg["steps"] for leg in legs)
+
+
+def test_a_soup_lists_the_files_it_averages(weights, tmp_path):
+    ingredients = [{"file": "weights/global_expert.pt", "sha256": "a" * 64, "step": 1300},
+                   {"file": "runs/legZ14/export.pt", "sha256": "b" * 64, "step": 1200}]
+    torch.save({"meta": {"expert": "no_such_run", "patch": 8, "step": 1200, "generator_version": 11,
+                         "soup": ingredients}, "model": {"w": torch.ones(2)}, "model_config": {}},
+               weights / "global_expert.pt")
+    item = manifest.write()["global_expert.pt"]
+    assert item["soup_of"] == ingredients and item["steps"] == 1200
+    _weights(weights / "global_expert.pt", 3.0)  # a trained file has no such entry
+    assert "soup_of" not in manifest.write()["global_expert.pt"]

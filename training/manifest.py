@@ -3,6 +3,8 @@
     python -m training.manifest --scores reports/eval/summary.json   # rewrite after training/eval
     python -m training.manifest --run-dir runs/legZ3 --lineage runs/legV runs/legV2 ... --scores F
 
+A soup (training.soup) lists its files and is entered as its last file's run: that leg's
+--run-dir and --lineage, whose count already holds the shipped file the leg started from.
 A file exported from a run outside runs/<expert> names it with --run-dir; one whose run started
 from a resume file rather than the file it replaces names the legs in between with --lineage,
 so the cumulative samples and CPU hours count every leg behind it. A leg whose run folder is gone
@@ -90,6 +92,7 @@ def entry(path: Path, previous: dict, init: str = "", run_dir: Path | None = Non
         "expert": meta["expert"],
         "patch": meta["patch"],
         "steps": meta["step"],
+        **({"soup_of": meta["soup"]} if "soup" in meta else {}),  # training.soup: the files it averages
         "data": {
             "generator": f"training/synth.py v{meta['generator_version']} (procedural)",
             "real_training_cases": [p for split, p in read_split(BUNDLED_SPLIT) if split == "train"],
