@@ -959,6 +959,32 @@ def test_a_round_zero_mask_unlike_its_box_edges_is_another_object_though_it_span
     assert not engine.unlike_its_box_edges(_full_canvas((image == 10).astype(np.float32) * 0.9), image, box)
 
 
+def test_on_ct_a_holder_and_its_lining_weigh_their_edge_models_against_each_other(monkeypatch):
+    """A body's box holds its bone's; whether the two count as twins (TWIN_IOU) hangs on the
+    boxes' random widening. On CT the two compare their box-edge models as twins do either way;
+    an organ deep in the body (a small box) is neither's rival, and outside CT nothing changes."""
+    image = np.random.default_rng(0).integers(0, 255, (8, 40, 40)).astype(np.uint8)
+    body = Box.from_bounds((0, 0, 0), (7, 39, 39))
+    bone = Box.from_bounds((0, 4, 4), (7, 31, 31))  # IoU 0.49: a lining, not a twin
+    organ = Box.from_bounds((0, 15, 15), (7, 20, 20))
+    assert engine.LINING_IOU <= engine.box_iou(body.bounds(), bone.bounds()) < engine.TWIN_IOU
+    seen = {}
+
+    def spy(canvas, image, box, twins, spacing, past_widening=False):
+        seen[box] = set(twins)
+        return False
+
+    monkeypatch.setattr(engine, "fuse_edges", spy)
+    for name in ("CT_x", "MR_x"):
+        seen.clear()
+        prompts = [ClassPrompts(b, [], [], []) for b in (body, bone, organ)]
+        segmenter = engine.ClassSegmenter(image, np.ones(3), BoxExpert(), None, **engine.case_options(name))
+        for view in engine.class_views(Case(name, image, np.ones(3), prompts, None, 0, True)):
+            segmenter.segment(view)
+        expected = {body: {bone}, bone: {body}, organ: set()} if name == "CT_x" else {}
+        assert {box: twins for box, twins in seen.items() if twins or name == "CT_x"} == expected
+
+
 def test_on_ct_the_edge_model_looks_past_the_widening_except_for_a_lining(monkeypatch):
     """fuse_edges on CT takes the strips past the widening band (app.prior.edge_llr), but a
     lining (a skull in its head's box) keeps them at the box edge: deeper, a shell's strips
