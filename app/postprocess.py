@@ -7,7 +7,7 @@ does not grow with K: a 100-class case costs what a 1-class case costs.
 
 A class may bring a `penalty` (log-odds) that lowers its bid in the argmax only, not its share
 of the background: touching parcels of one tissue, whose masks overlap, bid by how deep in
-their own box a voxel lies (engine.parcel_penalty). A penalty reorders sure claims only: where
+their own box a voxel lies (app.fuse.parcel_penalty). A penalty reorders sure claims only: where
 a class has p > 0.5 its bid stays above every unsure class's (floored at CONFIDENT_FLOOR x its
 log-odds, which keeps the order of the probabilities), so a voxel that only a penalised class is
 sure of is not handed to a class that gives it 2 %. A fourth volume, the running bid, is made

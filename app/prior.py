@@ -170,7 +170,7 @@ def click_llr(image: np.ndarray, region: tuple[slice, ...], own: list, others: l
     of about an own click's intensity are dropped. `own_sample`: intensities that count as one
     more own click (its median; not in the spread). `own_evidence`: a voxel typical of an own
     click keeps its (positive) ratio though no other click is near (a twin's gain in
-    engine.click_refit). `sample_unlike_others`: the own sample stands for the class by its part
+    app.fuse.click_refit). `sample_unlike_others`: the own sample stands for the class by its part
     nearest its own level (nearest_own_part), as a previous mask can hold more of another tissue
     than of its own. `foreign`: clicks of a foreign tissue (a twin's positive clicks): an other
     click of about their intensity counts even when like a `labelled` one, and with
@@ -264,7 +264,7 @@ def edge_llr(image: np.ndarray, box: Box, past_widening: bool = False) -> tuple[
     under four widening seeds, the bodies and bones at round 0 swung with the draw (lung1 DSC
     it0 0.77 to 0.88, the 10 mm chest 0.74 to 0.92); past it, mean it0 0.815 -> 0.859 and the
     full loop's DSC_AUC over seeds 2025 and 7 3.308 -> 3.463. Not for a shell: past the band
-    a lining's strips (engine.ClassView.lining: a skull, ribs) reach what it encloses
+    a lining's strips (app.views.ClassView.lining: a skull, ribs) reach what it encloses
     (procedural head CT 1: skull DSC it0 0.830 -> 0.456; kept at the edge: 0.869, and the CT
     cases' it0 stays 0.859), nor outside CT: the ICBM brain box's deeper strips reach the white
     matter under the grey ribbon (it0 0.545 -> 0.506).

@@ -5,7 +5,7 @@ the other classes (issue 9): how many of their boxes cover a voxel, and the voxe
 the previous segmentation. A parcel of one shared intensity is told from its neighbours only by
 where they are, which one class's own prompts never show. Last, the boxes of the classes whose
 box contains this one's (a white matter around a cortex parcel, an organ around its lesion) and
-of those whose box it contains (app.engine.contains_box): without them a cortex parcel's box looks
+of those whose box it contains (app.views.contains_box): without them a cortex parcel's box looks
 like a lobe's, whose truth takes the white matter too, so the network hedged between the two.
 A missing prompt is an all-zero channel, so the network never branches on absence.
 A click is the union of a ball of CLICK_RADIUS_MM (physical) and a ball of

@@ -62,7 +62,7 @@ def icbm_aseg() -> LabelledCase:
     """The ICBM152 template labelled like aseg's cerebrum: the right and left cortex (labels 1, 2),
     the right and left white matter (3, 4), split at the brain's mean x, and the CSF (5), named
     as the organisers would. A hemisphere's cortex and white matter are twins; the CSF's box is
-    about twice a hemisphere's (IoU about 0.5: engine.alike_boxes)."""
+    about twice a hemisphere's (IoU about 0.5: app.views.alike_boxes)."""
     template = load_labelled(ICBM_TISSUES)
     tissue = template.gts
     brain_x = np.argwhere((tissue == 1) | (tissue == 2))[:, 2].mean()

@@ -7,7 +7,7 @@ Why: the independent set's head CT had its bone segmented as the brain inside it
 and the validation set has no head CT. The cases are training.synth.head_scene rendered with
 the CT look and the bone brightened as training.synth.generate does, at seeds 3,000,000 + i,
 far from the training streams (which draw such scenes too: the network has seen the task).
-The engine's lining rule (app.engine.ClassView.lining) was chosen on seeds 0..5.
+The engine's lining rule (app.views.ClassView.lining) was chosen on seeds 0..5.
 """
 
 from __future__ import annotations

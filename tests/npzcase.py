@@ -37,11 +37,11 @@ def write(path: Path, **arrays) -> Path:
 def organiser_views(case) -> list:
     """The engine's class views of a labelled case (harness.loop.LabelledCase) with the
     organisers' boxes from its labels, before any click: which rules (parcel, lining) apply."""
-    from app import engine
     from app.io import Box, Case, ClassPrompts
+    from app.views import class_views
     from harness.official import boxes_from_labels
 
     boxes = [Box(int(b["z_min"]), int(b["z_max"]), int(b["z_mid"]), int(b["z_mid_y_min"]), int(b["z_mid_y_max"]),
                  int(b["z_mid_x_min"]), int(b["z_mid_x_max"])) for b in boxes_from_labels(case.gts)]
-    return engine.class_views(Case(case.name, case.imgs, np.ones(3), [ClassPrompts(b, [], [], []) for b in boxes],
-                                   None, 0, True))
+    return class_views(Case(case.name, case.imgs, np.ones(3), [ClassPrompts(b, [], [], []) for b in boxes],
+                            None, 0, True))

@@ -16,7 +16,7 @@ def test_brain_cases_are_parcels_of_one_mr_brain_that_the_engine_sees_as_parcels
         views = organiser_views(case)
         parcels = [v for v in views if v.parcel]
         assert len(parcels) >= len(views) // 2  # most boxes partly overlap a neighbour's
-        # together the parcels tile the brain, and each knows every parcel's box (engine.fuse_organ)
+        # together the parcels tile the brain, and each knows every parcel's box (fuse_organ)
         assert all(v.organ == tuple(p.prompts.box for p in parcels) for v in parcels)
 
 

@@ -8,16 +8,31 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from app import engine, prior
 from app.autobox import grown_bounds, touches_open_side
+from app.canvas import ClassCanvas
+from app.confine import claimed_balls, confine_to_click, confine_to_sliver, error_radius_mm, keep_click_direction
 from app.experts import Expert
+from app.fuse import (
+    BOX_FILL_P,
+    MIN_CONTENTS,
+    blend_prior,
+    click_refit,
+    fuse_edges,
+    fuse_intensity,
+    parcel_penalty,
+    spans_its_box,
+    unlike_its_box_edges,
+)
 from app.io import Box, Case, ClassPrompts
 from app.models.unet3d import build_unet, config_dict
 from app.postprocess import CONFIDENT_FLOOR, StreamingFusion
 from app.prompts import CHANNELS, Others, box_channel, click_channel, encode, in_plane_fraction
 from app.roi import Roi, crop, crop_image, from_patch, prompt_bounds, roi_around, to_patch, window_at, zoom_factors
 from app.state import RunState
+from app.views import LINING_IOU, TWIN_IOU, ClassView, box_iou, class_views, schedule
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -125,7 +140,7 @@ def test_a_box_prior_keeps_the_other_classes_voxels():
     other classes' voxels stay there for the others' channel (ClassSegmenter.others_for)."""
     prev_pred = np.zeros((10, 10, 10), np.uint8)
     prev_pred[0:3] = 2
-    view = engine.ClassView(1, ClassPrompts(None, [], [], []), None, None, prev_pred)
+    view = ClassView(1, ClassPrompts(None, [], [], []), None, None, prev_pred)
     mask = np.zeros((10, 10, 10), bool)
     mask[2:6] = True
     seen = view.with_prev(mask)
@@ -142,7 +157,7 @@ def test_the_others_boxes_channel_shows_neighbours_not_containers_or_contents():
     white = ClassPrompts(Box.from_bounds((0, 0, 0), (19, 39, 39)), [], [], [])
     left = ClassPrompts(Box.from_bounds((5, 5, 5), (14, 20, 18)), [], [], [])
     right = ClassPrompts(Box.from_bounds((5, 5, 15), (14, 20, 30)), [], [], [])
-    views = engine.class_views(Case("MR_x", image, np.ones(3), [white, left, right], None, 0, True))
+    views = class_views(Case("MR_x", image, np.ones(3), [white, left, right], None, 0, True))
     seen = [[tuple(map(tuple, b)) for b in engine.ClassSegmenter.others_for(v).boxes] for v in views]
     assert len(views[0].contents) == 2 and seen[0] == []
     assert seen[1] == [((5, 5, 15), (14, 20, 30))] and seen[2] == [((5, 5, 5), (14, 20, 18))]
@@ -275,14 +290,14 @@ def test_overlapping_parcels_of_one_tissue_share_their_overlap_by_depth_in_their
     left, right = Box.from_bounds((0, 0, 0), (11, 11, 13)), Box.from_bounds((0, 0, 10), (11, 11, 23))
     case = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), ClassPrompts(right, [], [], [])],
                 None, 0, True)
-    views = engine.class_views(case)
+    views = class_views(case)
     fusion, plain = StreamingFusion(image.shape), StreamingFusion(image.shape)
     for view, (lo, hi), p in zip(views, [(0, 14), (10, 24)], (0.9, 0.91)):
-        canvas = engine.ClassCanvas(image.shape)
+        canvas = ClassCanvas(image.shape)
         canvas.probs = torch.full((12, 12, hi - lo), p)
         canvas.lo, canvas.hi = np.array([0, 0, lo]), np.array([12, 12, hi])
-        penalty = engine.parcel_penalty(view, canvas, shared_tissue=True)
-        assert penalty is not None and engine.parcel_penalty(view, canvas, shared_tissue=False) is None
+        penalty = parcel_penalty(view, canvas, shared_tissue=True)
+        assert penalty is not None and parcel_penalty(view, canvas, shared_tissue=False) is None
         fusion.add(view.label, canvas.probs, canvas.region(), penalty)
         plain.add(view.label, canvas.probs, canvas.region())
     centre = (6, 6)
@@ -290,8 +305,8 @@ def test_overlapping_parcels_of_one_tissue_share_their_overlap_by_depth_in_their
     assert list(fusion.labels()[centre][10:14]) == [1, 1, 2, 2]
     small = ClassPrompts(Box.from_bounds((2, 2, 2), (5, 5, 5)), [], [], [])
     nested = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), small], None, 0, True)
-    inner = engine.class_views(nested)[1]
-    assert not inner.parcel and engine.parcel_penalty(inner, canvas, shared_tissue=True) is None
+    inner = class_views(nested)[1]
+    assert not inner.parcel and parcel_penalty(inner, canvas, shared_tissue=True) is None
 
 
 # ----------------------------------------------------------------------------- routing and scheduling
@@ -301,7 +316,7 @@ def _view(box=True, prev=False, fg=(), bg=(), order=()):
     prev_pred = np.zeros((8, 8, 8), np.uint8)
     prev_pred[3, 3, 3] = 1
     region = (slice(3, 4),) * 3 if prev else None
-    return engine.ClassView(1, prompts, b, region, prev_pred if prev else None)
+    return ClassView(1, prompts, b, region, prev_pred if prev else None)
 
 
 class BoxExpert(Expert):
@@ -343,7 +358,7 @@ def _segment(expert, view, shape=(40, 40, 40), confine=False, guard=False, prior
 
 def test_routing_rules():
     small = ClassPrompts(Box(2, 5, 3, 2, 5, 2, 5), [], [], [])
-    view = engine.ClassView(1, small, (np.array([2, 2, 2]), np.array([5, 5, 5])))
+    view = ClassView(1, small, (np.array([2, 2, 2]), np.array([5, 5, 5])))
     assert _segment(BoxExpert(), view)[1] == ("global",)  # native RoI, no click
     assert _segment(BoxExpert(), view, prior_weight=0.4)[1] == ("global", "prior")  # round 0 of a box
     prev_pred = np.zeros((40, 40, 40), np.uint8)
@@ -360,9 +375,9 @@ def test_routing_rules():
     # the click lies outside the RoI: a local pass; BoxExpert's window still leaves it wrong, so the guard edits
     assert _segment(BoxExpert(), far)[1] == ("global", "local")
     assert _segment(BoxExpert(), far, guard=True)[1] == ("global", "local", "clickfix")
-    nobox = engine.ClassView(1, ClassPrompts(None, [(3, 3, 3)], [], ["fg"]), None)
+    nobox = ClassView(1, ClassPrompts(None, [(3, 3, 3)], [], ["fg"]), None)
     assert _segment(BoxExpert(), nobox)[1][:2] == ("local", "global")
-    assert _segment(BoxExpert(), engine.ClassView(1, ClassPrompts(None, [], [], []), None))[1] == ()
+    assert _segment(BoxExpert(), ClassView(1, ClassPrompts(None, [], [], []), None))[1] == ()
 
 
 def test_only_objects_the_trained_patch_must_zoom_get_the_larger_patch():
@@ -379,7 +394,7 @@ def test_regrowth_replaces_the_canvas_and_a_zoomed_regrown_roi_gets_the_local_pa
     prompts = ClassPrompts(Box(10, 13, 11, 10, 13, 10, 13), [(12, 12, 12)], [], ["fg"])
     prev_pred = np.zeros((40, 40, 40), np.uint8)
     prev_pred[10:14, 10:14, 10:14] = 1  # last round's mask: the box
-    view = engine.ClassView(1, prompts, (np.array([10, 10, 10]), np.array([13, 13, 13])), (slice(10, 14),) * 3,
+    view = ClassView(1, prompts, (np.array([10, 10, 10]), np.array([13, 13, 13])), (slice(10, 14),) * 3,
                             prev_pred)
     expert = GrowingExpert((6, 6, 6), (16, 16, 16))  # larger than its box and than the 8^3 patch
     canvas, steps, _ = _segment(expert, view)
@@ -396,7 +411,7 @@ def test_schedule_runs_new_clicks_first_then_small_and_skips_frozen():
     small_new = _view(fg=[(3, 3, 3)], order=["fg", "fg"])
     old = _view(prev=True, order=["fg", None])
     assert old.frozen
-    assert engine.schedule([old, big, small_new]) == [small_new, big]
+    assert schedule([old, big, small_new]) == [small_new, big]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -451,7 +466,7 @@ def test_class_views_find_previous_masks_without_a_volume_per_class():
     prev[2:5, 1:3, 0:2] = 1
     prev[7, 8, 9] = 3
     case.prev_pred = prev
-    views = engine.class_views(case)
+    views = class_views(case)
     assert [v.has_prev for v in views] == [True, False, True]
     assert np.array_equal(views[0].prev_mask(), prev == 1)
     lo, hi = views[2].bounds()
@@ -501,32 +516,32 @@ def test_many_classes_complete():
 def _confine_inputs(canvas, view):
     """The previous mask and the other classes' claimed balls, as ClassSegmenter.segment builds them."""
     prev = view.prev_mask()
-    return prev, engine.claimed_balls(canvas, view, prev, (1.0, 1.0, 1.0))
+    return prev, claimed_balls(canvas, view, prev, (1.0, 1.0, 1.0))
 
 
 def test_click_confinement_changes_the_mask_only_near_the_click():
     prev_pred = np.zeros((30, 30, 30), np.uint8)
     prev_pred[5:15, 5:15, 5:15] = 1
     click = (10, 10, 17)  # 3 voxels outside the cube's x face: error radius 3 mm
-    assert engine.error_radius_mm(prev_pred == 1, click, (1.0, 1.0, 1.0)) == 3.0
+    assert error_radius_mm(prev_pred == 1, click, (1.0, 1.0, 1.0)) == 3.0
     net = (prev_pred == 1).astype(np.float32)
     net[8:12, 8:12, 15:30] = 1  # a missed part from the cube past the click to the far face
     net[25:28, 25:28, 25:28] = 1  # a blob far away, not connected
     net[5:7, 5:7, 5:7] = 0  # the far corner of the cube dropped
     for kind in ("fg", "bg"):
         prompts = ClassPrompts(None, [click] if kind == "fg" else [], [click] if kind == "bg" else [], [kind])
-        view = engine.ClassView(1, prompts, None, (slice(5, 15),) * 3, prev_pred)
-        canvas = engine.ClassCanvas(prev_pred.shape)
+        view = ClassView(1, prompts, None, (slice(5, 15),) * 3, prev_pred)
+        canvas = ClassCanvas(prev_pred.shape)
         canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
         canvas.probs = torch.from_numpy(net.copy())
-        engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
+        confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
         assert canvas.probs[10, 10, 17] == 1 and canvas.probs[10, 10, 25] == 1  # within 2 x 3 + 3 mm
         assert canvas.probs[10, 10, 29] == float(kind == "fg")  # one piece with the ball: kept for a fg click
         assert canvas.probs[26, 26, 26] == 0  # a separate addition far away: the previous mask
         assert canvas.probs[5, 5, 5] == 1  # a removal far away: the previous mask
         if kind == "fg":  # a parcel's additions stay in the ball (they run along the shared tissue)
             canvas.probs = torch.from_numpy(net.copy())
-            engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0), grow=False)
+            confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0), grow=False)
             assert canvas.probs[10, 10, 25] == 1 and canvas.probs[10, 10, 29] == 0
 
 
@@ -541,15 +556,15 @@ def test_confinement_lets_a_class_give_up_the_voxels_another_class_claimed():
     net[22:25, 22:25, 22:25] = 0  # dropped far from every click
     own = ClassPrompts(None, [], [(24, 2, 24)], ["bg"])
     other = ClassPrompts(None, [(8, 8, 8)], [], ["fg"])
-    view = engine.ClassView(1, own, None, (slice(5, 25),) * 3, prev_pred, others=(other,))
-    canvas = engine.ClassCanvas(prev_pred.shape)
+    view = ClassView(1, own, None, (slice(5, 25),) * 3, prev_pred, others=(other,))
+    canvas = ClassCanvas(prev_pred.shape)
     canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array([30, 30, 30])
     canvas.probs = torch.from_numpy(net.copy())
-    engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
+    confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
     assert canvas.probs[8, 8, 8] == 0 and canvas.probs[23, 23, 23] == 1
     view = replace(view, others=(replace(other, order=[None]),))  # no new click: nothing claimed
     canvas.probs = torch.from_numpy(net.copy())
-    engine.confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
+    confine_to_click(canvas, view, *_confine_inputs(canvas, view), (1.0, 1.0, 1.0))
     assert canvas.probs[8, 8, 8] == 1
 
 def test_intensity_box_finds_a_bright_blob_and_refuses_a_flood():
@@ -566,12 +581,12 @@ def test_a_click_the_mask_left_wrong_is_followed_by_the_classical_correction():
     image = np.full((30, 40, 40), 40, np.uint8)
     image[5:25, 5:35, 5:35] = 200  # one bright object
     segmenter = engine.ClassSegmenter(image, np.ones(3), None, None)
-    canvas = engine.ClassCanvas(image.shape)
+    canvas = ClassCanvas(image.shape)
     half = np.zeros(image.shape, np.float32)
     half[5:25, 5:35, 5:20] = 1.0  # the mask holds the object's left half
     canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(half), np.zeros(3, int), np.array(image.shape)
     fg = ClassPrompts(None, [(15, 20, 28)], [], ["fg"])
-    view = engine.ClassView(1, fg, None)
+    view = ClassView(1, fg, None)
     assert segmenter.follow_click(canvas, view)
     mask = canvas.mask_full()
     assert mask[15, 20, 28] and mask[5:25, 5:35, 5:35].mean() > 0.75  # most of the missed half came in
@@ -579,7 +594,7 @@ def test_a_click_the_mask_left_wrong_is_followed_by_the_classical_correction():
     followed = canvas.probs.clone()
     assert not segmenter.follow_click(canvas, view)  # the click is right now: nothing to do
     assert torch.equal(canvas.probs, followed)
-    bg = engine.ClassView(1, ClassPrompts(None, [], [(15, 20, 28)], ["bg"]), None)
+    bg = ClassView(1, ClassPrompts(None, [], [(15, 20, 28)], ["bg"]), None)
     assert segmenter.follow_click(canvas, bg) and not canvas.mask_full()[15, 20, 28]
 
 
@@ -594,25 +609,25 @@ def test_a_followed_click_still_brings_the_correction_except_where_the_network_i
     net = np.where(prev, 0.9, 0.2).astype(np.float32)  # unsure off the previous mask ...
     net[13:18, 18:23, 26:31] = 0.8  # ... a small blob at the click ...
     net[5:25, 5:35, 32:35] = 0.01  # ... and is sure the object's far edge is background
-    canvas = engine.ClassCanvas(image.shape)
+    canvas = ClassCanvas(image.shape)
     canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(net), np.zeros(3, int), np.array(image.shape)
-    view = engine.ClassView.single(None, [(15, 20, 28)], [], ["fg"], prev)
+    view = ClassView.single(None, [(15, 20, 28)], [], ["fg"], prev)
     assert segmenter.follow_click(canvas, view)
     mask = canvas.mask_full()
     assert mask[8:22, 10:30, 20:32].mean() > 0.9  # the missed half came in, within the error's reach
     assert not mask[:, :, 32:35].any() and not mask[image == 40].any()
-    no_prev = engine.ClassView.single(None, [(15, 20, 28)], [], ["fg"], None)
+    no_prev = ClassView.single(None, [(15, 20, 28)], [], ["fg"], None)
     assert not segmenter.follow_click(canvas, no_prev)  # followed, and nothing to correct
 
 
 def test_round_zero_blends_the_prior_so_the_network_must_be_sure_to_overrule_it():
-    canvas = engine.ClassCanvas((4, 4, 4))
+    canvas = ClassCanvas((4, 4, 4))
     net = np.zeros((4, 4, 4), np.float32)
     prior = np.zeros((4, 4, 4), bool)
     prior[:2] = True
     net[0], net[1], net[2], net[3] = 0.3, 0.1, 0.7, 0.9  # unsure / sure off the prior; unsure / sure beyond it
     canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(net), np.zeros(3, int), np.array((4, 4, 4))
-    engine.blend_prior(canvas, prior[canvas.region()], 0.4)
+    blend_prior(canvas, prior[canvas.region()], 0.4)
     kept = canvas.mask_full()[:, 0, 0]
     assert kept.tolist() == [True, False, False, True]
 
@@ -635,10 +650,10 @@ def test_ct_round_zero_drops_mask_voxels_of_the_surroundings_intensity():
     probs[:, 5:15, 5:15] = 0.9
     probs[:, 5:15, 15:17] = 0.7  # spill into bright tissue, network unsure
     for strength, spill_kept in ((0.0, True), (engine.CT_INTENSITY, False)):
-        canvas = engine.ClassCanvas(image.shape)
+        canvas = ClassCanvas(image.shape)
         canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
         if strength:
-            engine.fuse_intensity(canvas, image, (1.0, 1.0, 1.0), strength, only_lower_inside=False)
+            fuse_intensity(canvas, image, (1.0, 1.0, 1.0), strength, only_lower_inside=False)
         mask = canvas.mask_full()
         assert mask[:, 6:14, 6:14].all() and not mask[:, :, :4].any()
         assert bool(mask[:, 8, 15].all()) == spill_kept
@@ -660,20 +675,20 @@ def test_a_container_class_only_loses_confidence_inside_its_mask():
     probs[:, 3:17, 15:17] = 0.3  # missed part of the dark object
     results = {}
     for holds in (False, True):
-        canvas = engine.ClassCanvas(image.shape)
+        canvas = ClassCanvas(image.shape)
         canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
-        engine.fuse_intensity(canvas, image, (1.0, 1.0, 1.0), engine.CT_INTENSITY, holds)
+        fuse_intensity(canvas, image, (1.0, 1.0, 1.0), engine.CT_INTENSITY, holds)
         results[holds] = canvas.probs.numpy()
         assert canvas.mask_full()[:, 4:16, 4:16].all()  # the miss comes in either way (edges are smoothed)
     assert results[False][4, 8, 8] > 0.95 and abs(results[True][4, 8, 8] - 0.7) < 1e-3
     big, small = Box.from_bounds((0, 2, 2), (7, 17, 17)), Box.from_bounds((2, 5, 5), (4, 8, 8))
     case = Case("CT_x", image, np.ones(3), [ClassPrompts(big, [], [], []), ClassPrompts(small, [], [], []),
                                            ClassPrompts(None, [(1, 1, 1)], [], ["fg"])], None, 0, True)
-    assert [v.holds_a_box for v in engine.class_views(case)] == [True, False, False]
-    assert not any(v.lining for v in engine.class_views(case))  # the small box is no layer of the big one
+    assert [v.holds_a_box for v in class_views(case)] == [True, False, False]
+    assert not any(v.lining for v in class_views(case))  # the small box is no layer of the big one
     skull = Box.from_bounds((0, 3, 3), (7, 16, 16))  # most of the big box: a layer of its object
     case = replace(case, prompts=[case.prompts[0], ClassPrompts(skull, [], [], [])])
-    assert [(v.holds_a_box, v.lining) for v in engine.class_views(case)] == [(True, False), (False, True)]
+    assert [(v.holds_a_box, v.lining) for v in class_views(case)] == [(True, False), (False, True)]
 
 
 def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
@@ -687,7 +702,7 @@ def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
                ClassPrompts(same, [(3, 3, 3), (4, 4, 4)], [], ["fg", "fg"]),
                ClassPrompts(small, [], [(5, 5, 5)], ["bg"])]
     case = Case("MR_x", image, np.ones(3), prompts, None, 1, True)
-    views = engine.class_views(case)
+    views = class_views(case)
     assert views[0].negatives == [(2, 2, 2), (3, 3, 3), (4, 4, 4)] and views[0].claimed == [(4, 4, 4)]
     assert views[2].negatives == [(5, 5, 5), (1, 1, 1), (3, 3, 3), (4, 4, 4)]
     assert [len(v.twins) for v in views] == [1, 1, 0] and views[0].twins[0] is prompts[1]
@@ -695,12 +710,12 @@ def test_other_classes_positive_clicks_are_negatives_and_twins_share_a_box():
     left, right = Box.from_bounds((0, 0, 0), (19, 19, 11)), Box.from_bounds((0, 0, 8), (19, 19, 19))
     parcels = Case("MR_x", image, np.ones(3), [ClassPrompts(left, [], [], []), ClassPrompts(right, [], [], []),
                                               ClassPrompts(small, [], [], [])], None, 0, True)
-    assert [v.parcel for v in engine.class_views(parcels)] == [True, True, False]
-    assert not any(v.organ for v in engine.class_views(parcels))  # two parcels are no tiled organ
+    assert [v.parcel for v in class_views(parcels)] == [True, True, False]
+    assert not any(v.organ for v in class_views(parcels))  # two parcels are no tiled organ
     middle = Box.from_bounds((10, 0, 4), (19, 19, 15))
     three = replace(parcels, prompts=[*parcels.prompts, ClassPrompts(middle, [], [], [])])
-    assert [v.organ for v in engine.class_views(three)] == [(left, right, middle)] * 2 + [()] + [(left, right, middle)]
-    alone = engine.class_views(case, cross_clicks=False)
+    assert [v.organ for v in class_views(three)] == [(left, right, middle)] * 2 + [()] + [(left, right, middle)]
+    alone = class_views(case, cross_clicks=False)
     assert alone[0].negatives == [(2, 2, 2)] and alone[0].claimed == []
     assert alone[0].others == views[0].others  # the click refit's shared-tissue rule still sees them
 
@@ -720,11 +735,11 @@ def test_click_refit_gives_a_twin_the_tissue_of_its_positive_click():
     unclicked = replace(white, fg=[])
     for own, prev, kept, changed in ((white, None, slice(0, 12), True), (unclicked, None, slice(0, 24), False),
                                      (unclicked, mostly_white, slice(0, 12), True)):
-        canvas = engine.ClassCanvas(image.shape)
+        canvas = ClassCanvas(image.shape)
         canvas.probs, canvas.lo, canvas.hi = torch.from_numpy(probs.copy()), np.zeros(3, int), np.array(image.shape)
         region = None if prev is None else (slice(0, 8), slice(0, 12), slice(0, 14))
-        view = engine.ClassView(1, own, box, region, prev, twins=(grey,))
-        assert engine.click_refit(canvas, image, view, shared_tissue=True) == changed
+        view = ClassView(1, own, box, region, prev, twins=(grey,))
+        assert click_refit(canvas, image, view, shared_tissue=True) == changed
         expected = np.zeros(image.shape, bool)
         expected[:, :, kept] = True
         assert (canvas.mask_full() == expected).all()
@@ -745,13 +760,13 @@ def test_a_twin_regains_the_tissue_of_its_positive_click_wherever_a_class_holds_
     csf = ClassPrompts(Box.from_bounds(*box), [(4, 6, 13)], [], ["fg"])
     grey = ClassPrompts(Box.from_bounds(*box), [(4, 6, 3)], [], ["fg"])
     canvas = _full_canvas(np.zeros(image.shape, np.float32))
-    view = engine.ClassView(1, csf, box, None, prev_pred, **{relation: (grey,)})
-    assert engine.click_refit(canvas, image, view, shared_tissue=True)
+    view = ClassView(1, csf, box, None, prev_pred, **{relation: (grey,)})
+    assert click_refit(canvas, image, view, shared_tissue=True)
     expected = np.zeros(image.shape, bool)
     expected[:, :, 12:20] = True
     assert (canvas.mask_full() == expected).all()
     canvas = _full_canvas(np.zeros(image.shape, np.float32))
-    engine.click_refit(canvas, image, view, shared_tissue=False)  # CT: absolute intensities, no gain
+    click_refit(canvas, image, view, shared_tissue=False)  # CT: absolute intensities, no gain
     assert not canvas.mask_full().any()
 
 
@@ -767,11 +782,11 @@ def test_a_tissue_around_parcels_regains_its_tissue_from_them_once_they_are_clic
     prev_pred[:, :, 4:20] = 2  # the parcels took white (x < 12) and grey (12 <= x < 20) matter
     white = ClassPrompts(Box.from_bounds(*box), [(4, 6, 2)], [], ["fg"])
     parcels = [ClassPrompts(Box.from_bounds((1, 1, 1 + 6 * i), (6, 10, 4 + 6 * i)), [(4, 6, 14)], [], ["fg"])
-               for i in range(engine.MIN_CONTENTS)]
+               for i in range(MIN_CONTENTS)]
     for contents, claimed in ((tuple(parcels), slice(4, 12)), (tuple(parcels[:1]), slice(0, 0))):
         canvas = _full_canvas(np.zeros(image.shape, np.float32))
-        view = engine.ClassView(1, white, box, None, prev_pred, contents=contents)
-        engine.click_refit(canvas, image, view, shared_tissue=True)
+        view = ClassView(1, white, box, None, prev_pred, contents=contents)
+        click_refit(canvas, image, view, shared_tissue=True)
         expected = np.zeros(image.shape, bool)
         expected[:, :, claimed] = True
         assert (canvas.mask_full() == expected).all()
@@ -790,33 +805,33 @@ def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_cla
     parcel = ClassPrompts(Box.from_bounds(*box), [], [(4, 6, 14)], ["bg"])
     neighbour = ClassPrompts(Box.from_bounds((0, 0, 12), (7, 11, 23)), [(4, 6, 20)], [], ["fg"])
     for others, shared, kept in (((), True, 12), ((neighbour,), True, 16), ((neighbour,), False, 12)):
-        canvas = engine.ClassCanvas(image.shape)
+        canvas = ClassCanvas(image.shape)
         canvas.probs = torch.from_numpy(prev.astype(np.float32))
         canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
-        view = engine.ClassView(1, parcel, box, (slice(0, 8), slice(0, 12), slice(0, 16)), prev, others=others)
-        engine.click_refit(canvas, image, view, shared_tissue=shared)
+        view = ClassView(1, parcel, box, (slice(0, 8), slice(0, 12), slice(0, 16)), prev, others=others)
+        click_refit(canvas, image, view, shared_tissue=shared)
         expected = np.zeros(image.shape, bool)
         expected[:, :, :kept] = True
         assert (canvas.mask_full() == expected).all()
     small = ClassPrompts(Box.from_bounds((2, 3, 8), (5, 8, 16)), [], [(4, 6, 14)], ["bg"])
     white = ClassPrompts(Box.from_bounds(*box), [(4, 6, 20)], [], ["fg"])
     case = Case("MR_x", image, np.ones(3), [small, white], prev, 1, True)
-    views = engine.class_views(case)
+    views = class_views(case)
     assert views[0].containers == (white,) and views[1].containers == ()
-    canvas = engine.ClassCanvas(image.shape)
+    canvas = ClassCanvas(image.shape)
     canvas.probs = torch.from_numpy(prev.astype(np.float32))
     canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
-    engine.click_refit(canvas, image, views[0], shared_tissue=True)
+    click_refit(canvas, image, views[0], shared_tissue=True)
     assert not canvas.mask_full()[:, :, 12:].any() and canvas.mask_full()[:, :, :12].all()
 
 
 def _cube_view(kind, click, prev_pred, others=()):
     prompts = ClassPrompts(None, [click] if kind == "fg" else [], [click] if kind == "bg" else [], [kind])
-    return engine.ClassView(1, prompts, None, engine.ndimage.find_objects(prev_pred)[0], prev_pred, others=others)
+    return ClassView(1, prompts, None, ndimage.find_objects(prev_pred)[0], prev_pred, others=others)
 
 
 def _full_canvas(probs):
-    canvas = engine.ClassCanvas(probs.shape)
+    canvas = ClassCanvas(probs.shape)
     canvas.lo, canvas.hi = np.array([0, 0, 0]), np.array(probs.shape)
     canvas.probs = torch.from_numpy(probs.copy())
     return canvas
@@ -830,15 +845,15 @@ def test_a_click_only_moves_the_mask_its_own_way_except_where_another_class_clai
     net[25:28, 10:15, 10:15] = 1  # an addition
     net[18:21, 18:21, 18:21] = 0  # a removal around another class's new positive click
     other = ClassPrompts(None, [(19, 19, 19)], [], ["fg"])
-    fg = engine.ClassView(1, ClassPrompts(None, [(10, 10, 26)], [], ["fg"]), None, (slice(5, 25),) * 3, prev_pred,
+    fg = ClassView(1, ClassPrompts(None, [(10, 10, 26)], [], ["fg"]), None, (slice(5, 25),) * 3, prev_pred,
                           others=(other,))
     canvas = _full_canvas(net)
-    engine.keep_click_direction(canvas, fg, *_confine_inputs(canvas, fg))
+    keep_click_direction(canvas, fg, *_confine_inputs(canvas, fg))
     assert canvas.probs[6, 6, 6] == 1 and canvas.probs[26, 12, 12] == 1  # a positive click: no removal
     assert canvas.probs[19, 19, 19] == 0  # ... but the voxel another class claimed is given up
     bg = replace(fg, prompts=ClassPrompts(None, [], [(10, 10, 10)], ["bg"]), others=())
     canvas = _full_canvas(net)
-    engine.keep_click_direction(canvas, bg, *_confine_inputs(canvas, bg))
+    keep_click_direction(canvas, bg, *_confine_inputs(canvas, bg))
     assert canvas.probs[6, 6, 6] == 0 and canvas.probs[26, 12, 12] == 0  # a negative click: no addition
 
 
@@ -851,12 +866,12 @@ def test_a_click_on_a_one_voxel_sliver_flips_only_the_clicked_voxel():
     net[5:8, 5:8, 5:8] = 0  # and drops a far corner
     view = _cube_view("fg", (10, 10, 25), prev_pred)  # one voxel outside the x face
     canvas = _full_canvas(net)
-    assert engine.confine_to_sliver(canvas, view, *_confine_inputs(canvas, view))
+    assert confine_to_sliver(canvas, view, *_confine_inputs(canvas, view))
     changed = canvas.mask_full() != (prev_pred == 1)
     assert changed[10, 10, 25] and changed.sum() == 1  # the click is flipped, nothing else moves
     deep = _cube_view("fg", (10, 10, 28), prev_pred)  # four voxels out: not a sliver
     canvas = _full_canvas(net)
-    assert not engine.confine_to_sliver(canvas, deep, *_confine_inputs(canvas, deep)) and torch.equal(canvas.probs,
+    assert not confine_to_sliver(canvas, deep, *_confine_inputs(canvas, deep)) and torch.equal(canvas.probs,
                                                                                          torch.from_numpy(net))
 
 
@@ -880,10 +895,10 @@ def test_a_round_zero_mask_that_misses_a_side_of_its_box_gives_way_to_the_box():
     (the heart between the lung bases), so the box cuboid replaces it at BOX_FILL_P."""
     box = Box(4, 20, 12, 5, 30, 5, 30)
     prompts = ClassPrompts(box, [], [], [])
-    view = engine.ClassView(1, prompts, box.bounds())
+    view = ClassView(1, prompts, box.bounds())
     canvas, steps, _ = _segment(GrowingExpert((4, 12, 12), (20, 22, 22)), view, box_check=True)  # the middle only
     assert steps[-1] == "edges"  # the box, then its edge model (flat on this blank image)
-    assert "boxfill" in steps and (canvas.window(box.slices()) == engine.BOX_FILL_P).all()  # the network's too
+    assert "boxfill" in steps and (canvas.window(box.slices()) == BOX_FILL_P).all()  # the network's too
     canvas, steps, _ = _segment(GrowingExpert((4, 6, 6), (20, 29, 29)), view, box_check=True)  # 1 in from each side
     assert "boxfill" not in steps
     assert "boxfill" not in _segment(GrowingExpert((4, 12, 12), (20, 22, 22)), view)[1]  # check off
@@ -901,13 +916,13 @@ def test_twins_tell_their_tissues_apart_at_round_zero_by_their_box_edges():
     results = {}
     for own, twin in ((bone, head), (head, bone)):
         canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
-        assert engine.fuse_edges(canvas, image, own, [twin], (1.0, 1.0, 1.0))
+        assert fuse_edges(canvas, image, own, [twin], (1.0, 1.0, 1.0))
         results[own] = canvas.probs.numpy()
     assert results[bone][6, 9, 20] > 0.8 and results[bone][6, 20, 20] < 0.4  # the shell, not its inside
     assert results[head][6, 5, 20] > 0.8 and results[head][6, 9, 20] < 0.4  # the tissue, not the shell
     assert results[bone][6, 2, 20] == np.float32(0.6)  # outside its box: untouched
     canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
-    assert engine.fuse_edges(canvas, image, bone, [], (1.0, 1.0, 1.0))  # alone: its own model against its ring,
+    assert fuse_edges(canvas, image, bone, [], (1.0, 1.0, 1.0))  # alone: its own model against its ring,
     assert canvas.probs[6, 9, 20] > 0.8 and canvas.probs[6, 20, 20] < 0.4  # which holds the head's tissue
 
 
@@ -923,7 +938,7 @@ def test_a_bone_just_under_the_skin_stays_the_bone_s_even_in_the_head_s_box_edge
     probs = {}
     for own, twin in ((bone, head), (head, bone)):
         canvas = _full_canvas(np.full(image.shape, 0.6, np.float32))
-        engine.fuse_edges(canvas, image, own, [twin], (1.0, 1.0, 1.0))
+        fuse_edges(canvas, image, own, [twin], (1.0, 1.0, 1.0))
         probs[own] = canvas.probs.numpy()[6, 6, 20]  # a skull voxel
     assert probs[bone] > 0.6 > probs[head]
 
@@ -940,7 +955,7 @@ def test_a_twin_relative_model_lowers_at_full_weight_though_its_box_edges_are_mo
     weight, _ = prior.edge_llr(image, bone)
     assert weight < 0.3  # the own model alone would move a sure network by less than a logit
     canvas = _full_canvas(np.full(image.shape, 0.9, np.float32))
-    assert engine.fuse_edges(canvas, image, bone, [body], (1.0, 1.0, 1.0))
+    assert fuse_edges(canvas, image, bone, [body], (1.0, 1.0, 1.0))
     assert canvas.probs[6, 20, 20] < 0.5 < canvas.probs[6, 8, 10]  # soft tissue out, a rib kept
 
 
@@ -954,9 +969,9 @@ def test_a_round_zero_mask_unlike_its_box_edges_is_another_object_though_it_span
     tissue = np.zeros(image.shape, np.float32)
     tissue[:, 10:38, 10:38] = 0.9
     tissue[image == 10] = 0.1
-    assert engine.spans_its_box(_full_canvas(tissue), box)  # the side check alone lets it pass
-    assert engine.unlike_its_box_edges(_full_canvas(tissue), image, box)
-    assert not engine.unlike_its_box_edges(_full_canvas((image == 10).astype(np.float32) * 0.9), image, box)
+    assert spans_its_box(_full_canvas(tissue), box)  # the side check alone lets it pass
+    assert unlike_its_box_edges(_full_canvas(tissue), image, box)
+    assert not unlike_its_box_edges(_full_canvas((image == 10).astype(np.float32) * 0.9), image, box)
 
 
 def test_on_ct_a_holder_and_its_lining_weigh_their_edge_models_against_each_other(monkeypatch):
@@ -967,7 +982,7 @@ def test_on_ct_a_holder_and_its_lining_weigh_their_edge_models_against_each_othe
     body = Box.from_bounds((0, 0, 0), (7, 39, 39))
     bone = Box.from_bounds((0, 4, 4), (7, 31, 31))  # IoU 0.49: a lining, not a twin
     organ = Box.from_bounds((0, 15, 15), (7, 20, 20))
-    assert engine.LINING_IOU <= engine.box_iou(body.bounds(), bone.bounds()) < engine.TWIN_IOU
+    assert LINING_IOU <= box_iou(body.bounds(), bone.bounds()) < TWIN_IOU
     seen = {}
 
     def spy(canvas, image, box, twins, spacing, past_widening=False):
@@ -979,7 +994,7 @@ def test_on_ct_a_holder_and_its_lining_weigh_their_edge_models_against_each_othe
         seen.clear()
         prompts = [ClassPrompts(b, [], [], []) for b in (body, bone, organ)]
         segmenter = engine.ClassSegmenter(image, np.ones(3), BoxExpert(), None, **engine.case_options(name))
-        for view in engine.class_views(Case(name, image, np.ones(3), prompts, None, 0, True)):
+        for view in class_views(Case(name, image, np.ones(3), prompts, None, 0, True)):
             segmenter.segment(view)
         if name == "CT_x":
             assert seen == {body: {bone}, bone: {body}, organ: set()}
@@ -1004,6 +1019,6 @@ def test_on_ct_the_edge_model_looks_past_the_widening_except_for_a_lining(monkey
         case = Case(name, image, np.ones(3), [ClassPrompts(head, [], [], []), ClassPrompts(skull, [], [], [])],
                     None, 0, True)
         segmenter = engine.ClassSegmenter(image, np.ones(3), BoxExpert(), None, **engine.case_options(name))
-        for view in engine.class_views(case):
+        for view in class_views(case):
             segmenter.segment(view)
         assert seen == {head: name == "CT_x", skull: False}

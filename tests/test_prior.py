@@ -5,8 +5,9 @@ from dataclasses import replace
 import numpy as np
 
 from app import prior
-from app.engine import ClassSegmenter, ClassView
+from app.engine import ClassSegmenter
 from app.io import Box
+from app.views import ClassView
 
 
 def _dice(a, b):
@@ -128,7 +129,7 @@ def test_a_twin_gains_nothing_at_the_level_of_an_other_click_too_like_its_own():
     """A noisy dark sheet (CSF, partial volumes) beside grey tissue: its click's cube is so
     spread that the grey twin's click is dropped as about its level, and the grey level lies
     within two spreads of it. The grey tissue must not count as the twin's own evidence then
-    (engine.click_refit's gain took the ICBM grey matter for CSF after one CSF click: DSC_AUC
+    (click_refit's gain took the ICBM grey matter for CSF after one CSF click: DSC_AUC
     2.907 at widening seed 7, 3.125 without)."""
     rng = np.random.default_rng(2)
     image = np.full((7, 12, 30), 140.0) + rng.normal(0, 3, (7, 12, 30))

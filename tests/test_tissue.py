@@ -1,4 +1,4 @@
-"""Brain tissues named by text prompts (app.tissue) and their round-0 rule (engine.fuse_tissue)."""
+"""Brain tissues named by text prompts (app.tissue) and their round-0 rule (fuse_tissue)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from app import engine
+from app.canvas import ClassCanvas
+from app.fuse import MIN_CONTENTS, fuse_tissue, named_tissue
 from app.io import Box, Case, ClassPrompts
 from app.prior import grey_levels
 from app.tissue import CSF, GREY, WHITE, three_tissues, tissue_llr, tissue_of
+from app.views import ClassView, class_views
 
 
 @pytest.mark.parametrize("text, tissue", [
@@ -73,23 +75,23 @@ def test_round_zero_twins_named_as_tissues_take_their_tissues():
     prompts = {k: ClassPrompts(BOX, [], [], [], text) for k, text in names.items()}
     brain_voxels = tissue > 0  # the padding around a skull-stripped brain keeps the network's 0.6
     for k, text in names.items():
-        view = engine.ClassView(k, prompts[k], BOX.bounds(), twins=tuple(p for j, p in prompts.items() if j != k))
-        name = engine.named_tissue(view)
-        canvas = engine.ClassCanvas(image.shape)
+        view = ClassView(k, prompts[k], BOX.bounds(), twins=tuple(p for j, p in prompts.items() if j != k))
+        name = named_tissue(view)
+        canvas = ClassCanvas(image.shape)
         canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
         canvas.probs = torch.full(image.shape, 0.6)
-        assert engine.fuse_tissue(canvas, image, BOX, name, (1.0, 1.0, 1.0), np.ones(image.shape, bool))
+        assert fuse_tissue(canvas, image, BOX, name, (1.0, 1.0, 1.0), np.ones(image.shape, bool))
         mask = (canvas.probs > 0.5).numpy()[brain_voxels]
         truth = tissue[brain_voxels] == k
         assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.8, text
-    alone = engine.ClassView(2, prompts[2], BOX.bounds(), twins=(ClassPrompts(BOX, [], [], [], "Left thalamus"),))
-    assert engine.named_tissue(alone) is None  # no other tissue named beside it: the rule stays out
+    alone = ClassView(2, prompts[2], BOX.bounds(), twins=(ClassPrompts(BOX, [], [], [], "Left thalamus"),))
+    assert named_tissue(alone) is None  # no other tissue named beside it: the rule stays out
 
 
 def test_a_tissue_across_both_hemispheres_is_told_apart_from_each_hemisphere_s_tissues():
     """An aseg-like labelling: each hemisphere's cortex and white matter (twins), and the CSF of
     the whole brain, whose box is twice a hemisphere's and overlaps it at IoU 0.5 (no twin, no
-    container): the CSF's text still meets the hemispheres' other tissues (engine.alike_boxes).
+    container): the CSF's text still meets the hemispheres' other tissues (alike_boxes).
     A small box inside the brain (a ventricle, its only content, also CSF) is no such companion."""
     image, _ = brain(t1=True)
     right, left, whole = Box(2, 37, 20, 2, 37, 2, 19), Box(2, 37, 20, 2, 37, 20, 37), Box(3, 36, 20, 3, 36, 3, 36)
@@ -97,11 +99,11 @@ def test_a_tissue_across_both_hemispheres_is_told_apart_from_each_hemisphere_s_t
     texts = [(right, "Right cerebral cortex"), (left, "Left cerebral cortex"), (right, "Right cerebral white matter"),
              (left, "Left cerebral white matter"), (whole, "Cerebrospinal fluid"), (ventricle, "CSF")]
     prompts = [ClassPrompts(box, [], [], [], f"{text} in brain MRI") for box, text in texts]
-    views = engine.class_views(Case("MR_x", image, np.ones(3), prompts, None, 0, True))
+    views = class_views(Case("MR_x", image, np.ones(3), prompts, None, 0, True))
     csf = views[4]
     assert not csf.twins and len(csf.alike) == 4 and [p.text for p in csf.contents] == ["CSF in brain MRI"]
-    assert engine.named_tissue(csf) == CSF
-    assert engine.named_tissue(views[0]) == GREY  # beside its twin white matter, as before
+    assert named_tissue(csf) == CSF
+    assert named_tissue(views[0]) == GREY  # beside its twin white matter, as before
     assert not views[5].alike  # 1 % of the brain box
     assert len(csf.companions) == 4  # the hemispheres' tissues have twins: a brain labelled by tissue
 
@@ -114,9 +116,9 @@ def test_a_large_cortex_parcel_is_no_companion_of_the_white_matter_around_the_pa
     brain_box, large = Box(3, 36, 20, 3, 36, 3, 36), Box(3, 36, 20, 0, 24, 0, 24)  # out of the white matter
     small = [Box(5, 12, 8, 5, 12, 5, 12), Box(25, 32, 28, 25, 32, 25, 32), Box(5, 12, 28, 25, 32, 5, 12)]
     prompts = [ClassPrompts(box, [], [], []) for box in (brain_box, large, *small)]
-    views = engine.class_views(Case("MR_x", image, np.ones(3), prompts, None, 0, True))
+    views = class_views(Case("MR_x", image, np.ones(3), prompts, None, 0, True))
     assert views[1].alike and not views[1].twins and not views[1].companions
-    assert not views[0].companions and len(views[0].contents) >= engine.MIN_CONTENTS
+    assert not views[0].companions and len(views[0].contents) >= MIN_CONTENTS
 
 
 def test_a_named_tissue_only_lowers_inside_the_boxes_of_unnamed_classes_it_holds():
@@ -125,10 +127,10 @@ def test_a_named_tissue_only_lowers_inside_the_boxes_of_unnamed_classes_it_holds
     image, tissue = brain(t1=True)
     nucleus = Box(17, 22, 19, 17, 22, 15, 24)
     image[17:23, 17:23, 15:25] = 130  # grey matter's level, in the white matter
-    canvas = engine.ClassCanvas(image.shape)
+    canvas = ClassCanvas(image.shape)
     canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
     canvas.probs = torch.full(image.shape, 0.6)
-    assert engine.fuse_tissue(canvas, image, BOX, GREY, (1.0, 1.0, 1.0), np.ones(image.shape, bool), (nucleus,))
+    assert fuse_tissue(canvas, image, BOX, GREY, (1.0, 1.0, 1.0), np.ones(image.shape, bool), (nucleus,))
     probs = canvas.probs.numpy()
     assert probs[19, 19, 19] == np.float32(0.6)  # not raised in the nucleus's box
     assert np.median(probs[tissue == 2]) > 0.9  # raised in the ribbon
@@ -139,10 +141,10 @@ def test_the_rim_of_a_skull_stripped_brain_is_left_to_the_network():
     tissue gains or loses there: the ICBM template's CSF took that rim (5.3 k voxels outside the
     brain at round 0)."""
     image, tissue = brain(t1=True)
-    canvas = engine.ClassCanvas(image.shape)
+    canvas = ClassCanvas(image.shape)
     canvas.lo, canvas.hi = np.zeros(3, int), np.array(image.shape)
     canvas.probs = torch.full(image.shape, 0.6)
-    assert engine.fuse_tissue(canvas, image, BOX, CSF, (1.0, 1.0, 1.0), np.ones(image.shape, bool))
+    assert fuse_tissue(canvas, image, BOX, CSF, (1.0, 1.0, 1.0), np.ones(image.shape, bool))
     probs = canvas.probs.numpy()
     rim = (tissue == 1) & (np.arange(40)[None, None, :] == 3)  # the outer CSF, beside the padding
     assert rim.any() and (probs[rim] == np.float32(0.6)).all()

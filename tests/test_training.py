@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 from app.models.unet3d import build_unet
+from app.views import ClassView, class_views
 from training import interaction, synth, train
 from training.interaction import (
     MARGIN,
@@ -282,9 +283,8 @@ def test_a_container_of_two_or_more_boxes_is_the_target_more_often():
 
 
 def test_simulated_rounds_see_the_case_as_the_engine_does():
-    """The target's view in training is engine.class_views's view of the same multi-class case:
+    """The target's view in training is class_views's view of the same multi-class case:
     the other classes' boxes (parcels, twins) and their clicks of every round."""
-    from app import engine
     from app.io import Case
 
     cfg = train.TrainConfig(patch=16, precision="fp32", max_rounds=2)
@@ -305,7 +305,7 @@ def test_simulated_rounds_see_the_case_as_the_engine_does():
         prompts.insert(target - 1, view.prompts)
         prev_pred = None if not view.has_prev else view.prev_mask().astype(np.uint8) * np.uint8(target)
         file_case = Case("MR_t.npz", case.image, case.spacing, prompts, prev_pred, rounds, view.box is not None)
-        engine_view = engine.class_views(file_case)[target - 1]
+        engine_view = class_views(file_case)[target - 1]
         assert (engine_view.parcel, engine_view.lining, engine_view.holds_a_box) == (
             view.parcel, view.lining, view.holds_a_box)
         assert engine_view.negatives == view.negatives and engine_view.claimed == view.claimed
@@ -456,7 +456,7 @@ def test_training_rounds_are_the_engines_predictions():
     experts = (Expert.from_model(model, 16, "cpu", bf16=False, zoomed_patch=24), None)
     prev, fg, bg, order = None, [], [], []
     for _ in range(2):
-        mask = segmenter.segment(engine.ClassView.single(box, fg, bg, order, prev))[0].mask_full()
+        mask = segmenter.segment(ClassView.single(box, fg, bg, order, prev))[0].mask_full()
         file_case = Case("CT_t.npz", case.image, case.spacing, [ClassPrompts(box, list(fg), list(bg), list(order))],
                          None if prev is None else prev.astype(np.uint8), len(order), True)
         out = engine.run(file_case, None, deadline=float("inf"), experts=experts)
@@ -524,7 +524,7 @@ def test_a_local_run_simulates_with_the_global_expert_it_ships_with(tmp_path):
     segmenter = train.segmenter_for(live, case, cfg)
     assert segmenter.local_expert.model is live and segmenter.global_expert.model is not live
     fg = [tuple(int(v) for v in np.argwhere(truth)[0])]
-    view = engine.ClassView.single(box, fg, [], ["fg"], truth)
+    view = ClassView.single(box, fg, [], ["fg"], truth)
     mask = segmenter.segment(view)[0].mask_full()
     experts = (Expert.load(path, torch.device("cpu"), 24), Expert.from_model(live, 16, "cpu", bf16=False))
     file_case = Case("CT_t.npz", case.image, case.spacing, [ClassPrompts(box, fg, [], ["fg"])],

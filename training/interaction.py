@@ -13,9 +13,9 @@ import edt
 import numpy as np
 from scipy import ndimage
 
-from app.engine import contains_box
 from app.io import Box
 from app.roi import bounding_box
+from app.views import contains_box
 from harness.official import MAX_BOX_SHIFT, box_from_mask, error_click, largest_component
 from training.synth import smooth_noise
 
@@ -137,7 +137,7 @@ def lost_to_others(rng: np.random.Generator, held: np.ndarray, truth: np.ndarray
 
 def target_weights(truths: list[np.ndarray]) -> np.ndarray:
     """How often each class is drawn as the target: CONTAINER_WEIGHT for one whose box contains
-    two or more of the others' (app.engine.contains_box), 1 otherwise. A white matter under its
+    two or more of the others' (app.views.contains_box), 1 otherwise. A white matter under its
     cortex parcels' boxes is one class in 20 of a parcelled brain, too rare to learn (issue 9)."""
     boxes = [bounding_box(m) for m in truths]
     held = [sum(contains_box(box, other) for o, other in enumerate(boxes) if o != c) for c, box in enumerate(boxes)]

@@ -38,12 +38,14 @@ import torch.distributed as dist
 from scipy import ndimage
 from torch.nn import functional as F
 
-from app.engine import ClassCanvas, ClassSegmenter, ClassView, case_options, class_views
+from app.canvas import ClassCanvas
+from app.engine import ClassSegmenter, case_options
 from app.experts import GLOBAL_ZOOMED_PATCH, Expert, autocast, cpu_has_bf16
 from app.io import Case, ClassPrompts
 from app.models.unet3d import build_unet, config_dict, load_weights
 from app.prompts import encode
 from app.roi import crop, prompt_bounds, to_patch, window_at
+from app.views import ClassView, class_views
 from harness import loop as harness_loop
 from harness.official import error_click
 from training import synth
@@ -172,7 +174,7 @@ def simulate(rng, case, segmenter: ClassSegmenter, cfg: TrainConfig):
     """A target (containers more often: training.interaction.target_weights) and its class's view
     after 0..max_rounds engine rounds on its own predictions.
 
-    The rounds run inside the multi-class case the engine would read (app.engine.class_views):
+    The rounds run inside the multi-class case the engine would read (app.views.class_views):
     every class has its box, or starts as the organisers start a box-less class, with one click
     at its centre; every round each other class gets a click too (training.interaction.other_click).
     So the target meets what it meets at inference: twins, parcels and linings by their boxes,
