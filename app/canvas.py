@@ -1,7 +1,7 @@
-"""One class's probabilities on a growing sub-volume, and the in-place edits the rules share.
+"""One class's probabilities on a sub-volume that grows to hold every RoI it is given.
 
-The experts paste RoI crops onto it (the local pass with a border ramp); the rules of app.fuse
-and app.confine reshape it as log-odds shifts or blends; the fusion (app.postprocess) reads it.
+The engine pastes the experts' RoI crops onto it (the local pass with a border ramp); the rules
+of app.fuse and app.confine reshape its probabilities; the fusion (app.postprocess) reads them.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from app.io import Box
-from app.prior import smoothed_llr
 from app.roi import Roi
 
 BLEND_VOXELS = 6        # local window border ramp, so the paste leaves no seam
@@ -73,30 +71,6 @@ class ClassCanvas:
         if self.probs.numel():
             out[self.region()] = (self.probs > 0.5).numpy()
         return out
-
-
-def llr_in_box(canvas: ClassCanvas, image: np.ndarray, box: Box, table: np.ndarray, spacing) -> np.ndarray:
-    """A per-grey-level table's smoothed log likelihood ratio (app.prior.smoothed_llr) on the
-    canvas, inside the box; 0 elsewhere."""
-    inside, on_canvas = box_on_canvas(canvas, box)
-    llr = np.zeros(canvas.probs.shape, np.float32)
-    llr[on_canvas] = smoothed_llr(table, image[inside], spacing)
-    return llr
-
-
-def box_on_canvas(canvas: ClassCanvas, box: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """The part of the box on the canvas, as image slices and as canvas slices."""
-    region = canvas.region()
-    inside = tuple(slice(max(b.start, r.start), max(min(b.stop, r.stop), r.start))
-                   for b, r in zip(box.slices(), region))
-    return inside, tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(inside, region))
-
-
-def shift_logits(canvas: ClassCanvas, llr: np.ndarray, scale: float) -> None:
-    """The canvas's log-odds plus `scale` x `llr` (float32 on the canvas region), in place: a body
-    canvas on a 300 x 512 x 512 CT is 300 MB per float volume."""
-    logits = torch.logit(canvas.probs, eps=1e-4).add_(torch.from_numpy(llr).mul_(scale))
-    canvas.probs = logits.sigmoid_()
 
 
 def border_ramp(size, width: int = BLEND_VOXELS) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """What a click may change: the previous mask is kept except where the newest click's error is.
 
 The network redraws a whole mask every round and drifts; the organisers' click only says where
-the largest error is (docs/challenge-contract.md). These rules blend the network's redraw with
+the largest error is (../shared/docs/challenge-contract.md). These rules blend the network's redraw with
 the previous mask by the click's error radius, its direction, and the other classes' claims.
 """
 

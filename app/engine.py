@@ -58,9 +58,9 @@ from app.views import ClassView, class_views, schedule
 
 MAX_REGROW = 2          # extra global passes when the object runs out of its RoI
 TIME_SAFETY = 1.5       # a class starts only if 1.5 x the slowest class so far fits
-PRIOR_WEIGHT = 0.4      # round 0: p = 0.6 x network + 0.4 x box prior (blend_prior)
+PRIOR_WEIGHT = 0.4      # round 0: p = 0.6 x network + 0.4 x box prior (app.fuse.blend_prior)
 OPEN_AREA = 0.5         # the box prior runs into the scan's end slices for a holder whose box covers half the slice
-CT_INTENSITY = 4.0      # round 0 on CT: log-odds + 4 x the mask's own intensity model (fuse_intensity)
+CT_INTENSITY = 4.0      # round 0 on CT: log-odds + 4 x the mask's own intensity model (app.fuse.fuse_intensity)
 VETO = 0.05             # a click's classical correction skips voxels the network gives < 5 % (> 95 % for bg)
 # The intensity autobox for box-less classes raised no-box DSC_Final on held-out CT/MR lesions
 # (0.23 -> 0.38 mean over 4 cases) but lowered it on synthetic microscopy cells (0.86 -> 0.71);

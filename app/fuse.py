@@ -3,7 +3,8 @@
 Round 0: the box prior's blend, the CT intensity refit, the box-edge models, a named tissue's
 model, the parcellated organ's model, and the box check. From round 1: the click intensity
 refit. Last, the parcels' fusion penalty. Each function's docstring holds the measurement that
-kept it; the engine (app.engine.ClassSegmenter.segment) decides which apply to a class.
+kept it; the engine decides which apply to a class (app.engine.ClassSegmenter.segment; the
+penalty in app.engine.run). The rules shift the canvas's log-odds in place (shift_logits).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from app.canvas import ClassCanvas, box_on_canvas, llr_in_box, shift_logits
+from app.canvas import ClassCanvas
 from app.io import Box
 from app.prior import LLR_CLIP, box_radius, box_widening, click_llr, edge_llr, grey_levels, intensity_llr, smoothed_llr
 from app.tissue import tissue_llr, tissue_of
@@ -31,6 +32,30 @@ TWIN_RAISE = 1.0        # click_refit: a twin's own-click log likelihood ratio a
 CORE_RADIUS = 0.8       # fuse_tissue models the box's ellipse shrunk to this: mostly the organ, not the corners
 TISSUE_STRENGTH = 2.0   # round 0: log-odds per unit of a named tissue's log likelihood ratio (fuse_tissue)
 ORGAN_STRENGTH = 2.0    # round 0: log-odds lowered by this x weight x the organ's model (fuse_organ)
+
+
+def box_on_canvas(canvas: ClassCanvas, box: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The part of the box on the canvas, as image slices and as canvas slices."""
+    region = canvas.region()
+    inside = tuple(slice(max(b.start, r.start), max(min(b.stop, r.stop), r.start))
+                   for b, r in zip(box.slices(), region))
+    return inside, tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(inside, region))
+
+
+def llr_in_box(canvas: ClassCanvas, image: np.ndarray, box: Box, table: np.ndarray, spacing) -> np.ndarray:
+    """A per-grey-level table's smoothed log likelihood ratio (app.prior.smoothed_llr) on the
+    canvas, inside the box; 0 elsewhere."""
+    inside, on_canvas = box_on_canvas(canvas, box)
+    llr = np.zeros(canvas.probs.shape, np.float32)
+    llr[on_canvas] = smoothed_llr(table, image[inside], spacing)
+    return llr
+
+
+def shift_logits(canvas: ClassCanvas, llr: np.ndarray, scale: float) -> None:
+    """The canvas's log-odds plus `scale` x `llr` (float32 on the canvas region), in place: a body
+    canvas on a 300 x 512 x 512 CT is 300 MB per float volume."""
+    logits = torch.logit(canvas.probs, eps=1e-4).add_(torch.from_numpy(llr).mul_(scale))
+    canvas.probs = logits.sigmoid_()
 
 
 def blend_prior(canvas: ClassCanvas, prior: np.ndarray, weight: float) -> None:

@@ -3,7 +3,8 @@
 A class is seen with the others' prompts (a voxel has one label), and its box's relation to
 theirs decides which rules apply to it: twins (about the same box), a holder and its linings,
 touching parcels, containers and contents, alike boxes. Every rule that uses a relation says
-why in its own docstring (app.fuse, app.confine, app.engine).
+why in its own docstring (app.fuse, app.confine, app.engine). schedule() orders the classes of a
+round.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from scipy import ndimage
 from app.io import Box, Case, ClassPrompts
 from app.roi import prompt_bounds
 
-TWIN_IOU = 0.6          # classes whose boxes overlap this much are told apart by their clicks (click_refit)
+TWIN_IOU = 0.6          # classes whose boxes overlap this much are twins (app.fuse: fuse_edges, click_refit)
 LINING_IOU = 0.4        # a box inside another's covering this much of it is a layer of that object (a skull, ribs)
-MIN_ORGAN_PARCELS = 3   # parcels that tile one organ (fuse_organ)
+MIN_ORGAN_PARCELS = 3   # parcels that tile one organ (app.fuse.fuse_organ)
 CONTAINER_SHARE = 0.75  # a box holding this much of a box at least CONTAINER_SIZE times smaller contains it
-CONTAINER_SIZE = 4.0    # ... (white matter around cortex parcels; click_refit)
+CONTAINER_SIZE = 4.0    # ... (white matter around cortex parcels; app.fuse.click_refit)
 
 
 @dataclass
