@@ -825,6 +825,26 @@ def test_click_refit_drops_the_tissue_of_a_negative_click_unless_a_neighbour_cla
     assert not canvas.mask_full()[:, :, 12:].any() and canvas.mask_full()[:, :, :12].all()
 
 
+def test_on_ct_a_refit_after_a_positive_click_may_not_take_most_of_the_mask():
+    """CT: a lung (parenchyma 64) that spilled into soft tissue (120), with negative clicks there
+    and on a neighbour near the parenchyma's level (70). A positive click on the parenchyma lets
+    the refit remove the spill; one on a vessel (248) would take the parenchyma too (valset lung1:
+    a lung from 0.93 to 0.60), so that refit is undone and the previous mask kept."""
+    image = np.full((8, 12, 24), 120, np.uint8)
+    image[:, :, :12] = 64
+    image[3:6, 5:8, 3:6] = 248
+    image[:, :, 18:] = 70
+    prev = np.zeros(image.shape, np.uint8)
+    prev[:, :, :16] = 1
+    box = (np.zeros(3, int), np.array(image.shape) - 1)
+    for fg, ran, kept in (((1, 1, 1), True, 12), ((4, 6, 4), False, 16)):
+        lung = ClassPrompts(Box.from_bounds(*box), [fg], [(4, 6, 14), (4, 6, 20)], ["bg", "bg", "fg"])
+        canvas = _full_canvas(prev.astype(np.float32))
+        view = ClassView(1, lung, box, (slice(0, 8), slice(0, 12), slice(0, 16)), prev)
+        assert click_refit(canvas, image, view, shared_tissue=False) == ran
+        assert canvas.mask_full()[:, :, :kept].all() and not canvas.mask_full()[:, :, kept:].any()
+
+
 def _cube_view(kind, click, prev_pred, others=()):
     prompts = ClassPrompts(None, [click] if kind == "fg" else [], [click] if kind == "bg" else [], [kind])
     return ClassView(1, prompts, None, ndimage.find_objects(prev_pred)[0], prev_pred, others=others)
