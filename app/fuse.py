@@ -291,8 +291,8 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     REFIT_KEEP of the mask is undone: the click says the mask misses something, not that most of
     it is wrong. A lung at DSC 0.93 whose positive click fell on a vessel after negative clicks
     near the parenchyma's level lost its parenchyma to the refit (valset lung1 at widening seed 11
-    with the fine-tune Z25: 0.929 -> 0.597; every fine-tune of the shipped weights lost lung1 that
-    way at some seed). With the shipped weights no refit after a positive click on the valset's
+    with the fine-tune Z25: 0.929 -> 0.597; fine-tunes of the shipped weights lost lung1 that way
+    at some seeds before). With the shipped weights no refit after a positive click on the valset's
     CT box runs (widening seeds 2025, 7, 11) keeps less than 0.80, so they are unchanged; of 36
     such runs of four held-out fine-tunes one changed: lung1 at seed 11, DSC_AUC 3.142 -> 3.732
     (harness/EXPERIMENTS.md)."""
@@ -317,11 +317,11 @@ def click_refit(canvas: ClassCanvas, image: np.ndarray, view: ClassView, shared_
     if llr is None:
         return False
     gain = np.where(view.prev_pred[region] > 0, np.minimum(llr, 2 * TWIN_RAISE), -LLR_CLIP) if raise_ else None
-    before = canvas.probs  # shift_logits builds a new tensor, so this stays the pre-refit state
-    shift_logits(canvas, np.clip(llr, -LLR_CLIP, 0.0, out=llr), REFIT_STRENGTH)
     newest = view.prompts.newest_click
-    if (not shared_tissue and newest is not None and newest[1]
-            and (canvas.probs > 0.5).sum() < REFIT_KEEP * (before > 0.5).sum()):
+    # shift_logits builds a new tensor, so `before` stays the pre-refit state (held only when needed)
+    before = canvas.probs if not shared_tissue and newest is not None and newest[1] else None
+    shift_logits(canvas, np.clip(llr, -LLR_CLIP, 0.0, out=llr), REFIT_STRENGTH)
+    if before is not None and (canvas.probs > 0.5).sum() < REFIT_KEEP * (before > 0.5).sum():
         canvas.probs = before
         return False
     if gain is not None:
